@@ -1,0 +1,56 @@
+//! `file_server`: the file service on port 50051 (see the `file_service` library).
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::Parser;
+
+/// Serves the file service: greetings, server time, file writes and listing.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "FILE_SERVICE_ADDR", default_value = "[::]:50051")]
+    addr: SocketAddr,
+    /// Folder that receives written files (created if missing).
+    #[arg(long, env = "FILE_SERVICE_DIR", default_value = "uploaded_files")]
+    dir: PathBuf,
+    /// Largest file content accepted, in bytes.
+    #[arg(long, env = "FILE_SERVICE_MAX_FILE_SIZE", default_value_t = file_service::DEFAULT_MAX_FILE_SIZE)]
+    max_file_size: usize,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    grpc_suite::cli::init_tracing("info");
+    grpc_suite::cli::exit_code(run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = file_service::Config {
+        upload_dir: args.dir,
+        max_file_size: args.max_file_size,
+    };
+    let storage = file_service::open_storage(&config)
+        .with_context(|| format!("opening the upload folder {}", config.upload_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("binding {}", args.addr))?;
+    let port = listener
+        .local_addr()
+        .context("reading the bound address")?
+        .port();
+    println!("File Service started on port {port}");
+    println!("Files will be stored in: {}", storage.absolute().display());
+    let shutdown = grpc_suite::server::shutdown_on_signals();
+    file_service::serve(listener, storage, &config, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    /// The flag definitions are consistent (clap checks names, defaults, env vars).
+    #[test]
+    fn args_are_well_formed() {
+        <super::Args as clap::CommandFactory>::command().debug_assert();
+    }
+}

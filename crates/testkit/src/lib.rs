@@ -1,0 +1,376 @@
+//! Test support shared by the service crates, so every crate tests its service the same
+//! way: an in-process server on `127.0.0.1:0`, a server binary run as a user runs it, and a
+//! Python `grpcio` client generated from `protos/`.
+//!
+//! Everything here is bounded in time: a test that cannot reach its server fails with a
+//! message instead of hanging.
+
+use std::{
+    future::Future,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// How long any single wait in a test may take before the test fails instead of hanging.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The workspace root (where `protos/` lives).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A service served in this process on an OS-chosen loopback port.
+pub struct InProcessServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcessServer {
+    /// Binds `127.0.0.1:0` and hands the listener to `serve` (the crate's `serve` function,
+    /// partially applied), on a task of the current runtime.
+    pub async fn start<F, Fut>(serve: F) -> Self
+    where
+        F: FnOnce(TcpListener, CancellationToken) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding 127.0.0.1:0");
+        let addr = listener.local_addr().expect("reading the bound address");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected channel.
+    pub async fn channel(&self) -> Channel {
+        let endpoint = Channel::from_shared(self.url())
+            .expect("valid URL")
+            .connect_timeout(TIMEOUT);
+        tokio::time::timeout(TIMEOUT, endpoint.connect())
+            .await
+            .expect("connecting timed out")
+            .expect("connecting to the in-process server")
+    }
+
+    /// The token that stops the server, for tests of shutdown behaviour.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops the server and returns what `serve` returned.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(TIMEOUT, self.task)
+            .await
+            .context("the server did not stop in time")?
+            .context("the server task panicked")?
+    }
+}
+
+/// A server binary running as a child process on an OS-chosen loopback port; killed on drop.
+pub struct ServerProcess {
+    child: Child,
+    /// The port from its `... started on port N` line.
+    pub port: u16,
+    /// Everything it printed on stdout so far, startup lines included.
+    stdout: Arc<Mutex<String>>,
+}
+
+impl ServerProcess {
+    /// Runs `binary --addr 127.0.0.1:0 ARGS…` and waits for its startup line.
+    pub fn start(binary: impl AsRef<Path>, args: &[&str]) -> anyhow::Result<Self> {
+        let binary = binary.as_ref();
+        let mut child = Command::new(binary)
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args)
+            // Keep test output readable; a test that wants the server's logs sets RUST_LOG.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let printed = Arc::new(Mutex::new(String::new()));
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&printed);
+        // Drains stdout for the life of the process so the server never blocks on a full
+        // pipe, and reports the port as soon as the startup line shows it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(mut text) = sink.lock() {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+                if let Some(port) = line
+                    .split("started on port ")
+                    .nth(1)
+                    .and_then(|p| p.trim().parse::<u16>().ok())
+                {
+                    let _ = port_tx.send(port);
+                }
+            }
+        });
+        match port_rx.recv_timeout(TIMEOUT) {
+            Ok(port) => Ok(Self {
+                child,
+                port,
+                stdout: printed,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                bail!(
+                    "{} printed no `started on port` line in time (exit: {status:?})",
+                    binary.display()
+                )
+            }
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What it has printed on stdout.
+    pub fn stdout(&self) -> String {
+        self.stdout
+            .lock()
+            .map(|text| text.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until its stdout contains `needle`, failing after [`TIMEOUT`].
+    pub fn wait_for_stdout(&self, needle: &str) -> anyhow::Result<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let printed = self.stdout();
+            if printed.contains(needle) {
+                return Ok(printed);
+            }
+            if Instant::now() > deadline {
+                bail!("stdout never showed {needle:?}; it has:\n{printed}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id, e.g. for sending signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`"TERM"`, `"INT"`, `"KILL"`) with the system's `kill`.
+    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} failed");
+        Ok(())
+    }
+
+    /// Waits for the process to exit, failing after `limit`.
+    pub fn wait(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("the process did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The folder cargo builds into (`target/`), found from the running test binary
+/// (`target/debug/deps/<test>`), so a custom `CARGO_TARGET_DIR` is honoured.
+fn target_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .context("the test binary is not under target/<profile>/deps")
+}
+
+/// The Python interpreter of a virtualenv holding `tests/python/requirements.txt`, made
+/// on first use under `target/python-venv` (a fresh machine needs only `python3` and
+/// the package registry). Built in a temporary folder and renamed into place, so an
+/// interrupted install never leaves a broken environment behind.
+pub fn python() -> anyhow::Result<PathBuf> {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| make_venv().map_err(|error| format!("{error:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn make_venv() -> anyhow::Result<PathBuf> {
+    let target = target_dir()?;
+    let venv = target.join("python-venv");
+    let python = venv.join("bin/python");
+    if python.exists() {
+        return Ok(python);
+    }
+    std::fs::create_dir_all(&target)?;
+    let staging = tempfile::Builder::new()
+        .prefix("python-venv-")
+        .tempdir_in(&target)?;
+    run_checked(
+        Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(staging.path()),
+        "python3 -m venv (is python3 installed?)",
+    )?;
+    let requirements = workspace_root().join("tests/python/requirements.txt");
+    run_checked(
+        Command::new(staging.path().join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(&requirements),
+        "pip install -r tests/python/requirements.txt",
+    )?;
+    // Another test process may have won the race; either environment is complete.
+    let staged = staging.keep();
+    if std::fs::rename(&staged, &venv).is_err() {
+        let _ = std::fs::remove_dir_all(&staged);
+    }
+    Ok(python)
+}
+
+/// The folder holding Python stubs generated from `protos/` (`file_service_pb2.py`, …),
+/// regenerated once per test process so they always match the protos.
+pub fn python_stubs() -> anyhow::Result<PathBuf> {
+    static STUBS: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    STUBS
+        .get_or_init(|| make_stubs().map_err(|error| format!("{error:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn make_stubs() -> anyhow::Result<PathBuf> {
+    let python = python()?;
+    let protos = workspace_root().join("protos");
+    let out = target_dir()?.join("python-stubs");
+    std::fs::create_dir_all(&out)?;
+    let mut protoc = Command::new(python);
+    protoc
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", protos.display()));
+    protoc.arg(format!("--python_out={}", out.display()));
+    protoc.arg(format!("--grpc_python_out={}", out.display()));
+    for entry in std::fs::read_dir(&protos)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "proto") {
+            protoc.arg(path);
+        }
+    }
+    run_checked(
+        &mut protoc,
+        "generating Python stubs with grpc_tools.protoc",
+    )?;
+    Ok(out)
+}
+
+/// Runs a Python test script with the generated stubs importable, passing `args`, and
+/// fails with everything it printed unless it exits 0.
+pub fn run_python(script: impl AsRef<Path>, args: &[&str]) -> anyhow::Result<Output> {
+    let script = script.as_ref();
+    let mut command = Command::new(python()?);
+    command
+        .arg(script)
+        .args(args)
+        .env("PYTHONPATH", python_stubs()?)
+        .stdin(Stdio::null());
+    let output = run_with_timeout(&mut command, Duration::from_secs(120))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output)
+}
+
+fn run_checked(command: &mut Command, what: &str) -> anyhow::Result<()> {
+    let output = run_with_timeout(command.stdin(Stdio::null()), Duration::from_secs(600))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Runs a command to completion, killing it if it outlives `limit`.
+fn run_with_timeout(command: &mut Command, limit: Duration) -> anyhow::Result<Output> {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting a process")?;
+    let pid = child.id();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let output = child.wait_with_output();
+        let _ = done_tx.send(());
+        output
+    });
+    if done_rx.recv_timeout(limit).is_err() {
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
+        let _ = waiter.join();
+        bail!("the process ran longer than {limit:?} and was killed");
+    }
+    waiter
+        .join()
+        .map_err(|_| anyhow::anyhow!("waiting for the process panicked"))?
+        .context("waiting for the process")
+}

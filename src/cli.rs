@@ -1,0 +1,151 @@
+//! What every binary's `main` shares: the tracing subscriber, turning a result into an exit
+//! code with one readable line, connecting to a server, and describing a refused call.
+
+use std::{io, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use tonic::{Code, Status, transport::Channel};
+
+/// How long a client waits for the TCP/HTTP2 connection before saying the server is down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Installs the `tracing` subscriber for a binary: human-readable lines on stderr, filtered
+/// by `RUST_LOG` (default `info` for servers, `warn` for clients, via `default_filter`).
+pub fn init_tracing(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // A second call (tests calling a binary's `run` twice) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .try_init();
+}
+
+/// Turns a binary's result into its exit code: success is 0; an error is printed once as
+/// `error: <cause chain>` on stderr and exits 1. A closed stdout (`client | head`) is not an
+/// error worth a message, so a broken pipe exits 0, as command-line tools do.
+pub fn exit_code(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|io_error| io_error.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Connects to `url` (e.g. `http://localhost:50051`), failing within a few seconds with a
+/// message that names the address when nothing answers there.
+pub async fn connect(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = Channel::from_shared(url.to_owned())
+        .with_context(|| {
+            format!("invalid server URL {url:?} (expected e.g. http://localhost:50051)")
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    endpoint.connect().await.map_err(|error| {
+        anyhow::anyhow!("cannot reach the server at {url}: {}", root_cause(&error))
+    })
+}
+
+/// The innermost cause, which for a refused connection is the OS's own words.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// An error for a call the server refused or could not finish, worded for a person:
+/// `the server refused the request (INVALID_ARGUMENT): file name is empty`.
+pub fn status_error(status: Status) -> anyhow::Error {
+    let message = status.message();
+    match status.code() {
+        Code::Unavailable => anyhow::anyhow!("the server is unavailable: {message}"),
+        Code::DeadlineExceeded => anyhow::anyhow!("the server did not answer in time: {message}"),
+        Code::Internal | Code::Unknown | Code::DataLoss => {
+            anyhow::anyhow!(
+                "the server failed ({}): {message}",
+                code_name(status.code())
+            )
+        }
+        code => anyhow::anyhow!(
+            "the server refused the request ({}): {message}",
+            code_name(code)
+        ),
+    }
+}
+
+/// The canonical upper-case name of a gRPC code, as grpcurl and the gRPC docs spell it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refused call reads as one sentence naming the code and the server's reason.
+    #[test]
+    fn status_error_names_code_and_reason() {
+        let error = status_error(Status::invalid_argument("file name is empty"));
+        assert_eq!(
+            error.to_string(),
+            "the server refused the request (INVALID_ARGUMENT): file name is empty"
+        );
+    }
+
+    /// `client | head` closing the pipe is a normal end, not a failure.
+    #[test]
+    fn broken_pipe_exits_zero() {
+        let error =
+            anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe)).context("printing");
+        assert_eq!(exit_code(Err(error)), ExitCode::SUCCESS);
+        assert_eq!(exit_code(Err(anyhow::anyhow!("boom"))), ExitCode::FAILURE);
+    }
+
+    /// Nothing listening gives one line naming the address, not a transport dump.
+    #[tokio::test]
+    async fn connect_to_nothing_names_the_address() {
+        // Bind then drop to get a port that (almost surely) has no listener right now.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let url = format!("http://127.0.0.1:{port}");
+        let error = connect(&url).await.expect_err("nothing listens there");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("cannot reach the server at {url}: ")),
+            "{error}"
+        );
+    }
+}

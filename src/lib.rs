@@ -1,0 +1,55 @@
+//! The shared crate of the workspace: the code generated from `protos/`, and the small,
+//! closed set of plumbing every server and client binary shares.
+//!
+//! - [`file`], [`random`], [`streaming`], [`auth`], [`logger`]: generated messages, clients
+//!   and servers, one module per proto file. Refer to them by path
+//!   (`use grpc_suite::file as pb;`).
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors the reflection service publishes.
+//! - [`server`]: serving a set of services with health, reflection, a decode-limit status
+//!   fix-up and graceful shutdown.
+//! - [`cli`]: what every binary's `main` shares: tracing setup, exit codes, connecting.
+//! - [`storage`]: the rules for client-supplied file names and atomic file writes, used by
+//!   the file and streaming services alike.
+
+pub mod cli;
+pub mod server;
+pub mod storage;
+
+/// Generated code for `protos/file_service.proto` (`package file;`).
+pub mod file {
+    tonic::include_proto!("file");
+}
+
+/// Generated code for `protos/random_service.proto` (`package random;`).
+pub mod random {
+    tonic::include_proto!("random");
+}
+
+/// Generated code for `protos/streaming_service.proto` (`package streaming;`).
+pub mod streaming {
+    tonic::include_proto!("streaming");
+}
+
+/// The auth and logger protos declare no package, so prost writes both into one module;
+/// [`auth`] and [`logger`] re-export each file's part of it.
+mod unpackaged {
+    tonic::include_proto!("_");
+}
+
+/// Generated code for `protos/auth_service.proto` (no package: `/AuthService/<Method>`).
+pub mod auth {
+    pub use super::unpackaged::{
+        AuthResponse, LoginRequest, LogoutRequest, auth_service_client, auth_service_server,
+    };
+}
+
+/// Generated code for `protos/logger_service.proto` (no package: `/LoggerService/<Method>`).
+pub mod logger {
+    pub use super::unpackaged::{
+        LogEntry, LogFollowRequest, LogQueryRequest, LogQueryResponse, LogRequest, LogResponse,
+        logger_service_client, logger_service_server,
+    };
+}
+
+/// The encoded `FileDescriptorSet` of every proto file, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
