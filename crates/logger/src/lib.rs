@@ -1,0 +1,1 @@
+//! The logger service (port 50055): skeleton, to be written.

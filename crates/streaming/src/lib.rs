@@ -1,0 +1,1 @@
+//! The streaming service (port 50053): skeleton, to be written.
