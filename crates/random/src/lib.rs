@@ -1,1 +1,67 @@
-//! The random number service (port 50052): skeleton, to be written.
+//! The random number service (port 50052): `GetRandomNumbers` streams `count` numbers drawn
+//! uniformly from `[min, max]`, `delay` milliseconds apart, produced one at a time as the
+//! client reads them.
+//!
+//! [`serve`] runs it on an already-bound listener until a shutdown token fires, so the
+//! `random_server` binary and the tests start it the same way. [`StreamMetrics`] lets a
+//! caller (the tests) watch what the producers do. [`client`] holds what `random_client`
+//! does: the old script's prompts and table, written against any input and output.
+
+pub mod client;
+mod error;
+mod metrics;
+mod service;
+
+use grpc_suite::{
+    random::random_number_service_server::RandomNumberServiceServer, server::GrpcServer,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::RandomServiceError;
+pub use metrics::StreamMetrics;
+pub use service::RandomService;
+
+/// The port the old system used, and ours by default.
+pub const DEFAULT_PORT: u16 = 50052;
+
+/// The most numbers one request may ask for, by default.
+pub const DEFAULT_MAX_COUNT: u32 = 1_000_000;
+
+/// The longest delay between numbers one request may ask for, by default (one minute).
+pub const DEFAULT_MAX_DELAY_MS: u32 = 60_000;
+
+/// What the server needs to know, as plain values (the binary builds it from flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Requests asking for more numbers than this are refused.
+    pub max_count: u32,
+    /// Requests asking for a longer delay (milliseconds) than this are refused.
+    pub max_delay_ms: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_count: DEFAULT_MAX_COUNT,
+            max_delay_ms: DEFAULT_MAX_DELAY_MS,
+        }
+    }
+}
+
+/// Serves the random number service, with health and reflection, until `shutdown` is
+/// cancelled. Open streams watch the same token and end themselves with UNAVAILABLE, so a
+/// long slow stream never holds the server up until the grace period runs out.
+/// `metrics` receives what the producers do; pass `StreamMetrics::default()` if unused.
+pub async fn serve(
+    listener: TcpListener,
+    config: &Config,
+    metrics: StreamMetrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let service = RandomService::new(*config, metrics, shutdown.clone());
+    GrpcServer::new()
+        .add_service(RandomNumberServiceServer::new(service))
+        .serve(listener, shutdown)
+        .await
+}
