@@ -66,6 +66,34 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+/// The `--health-check` mode of every server binary (used by container health checks): asks
+/// the server listening on `listen_addr` (an unspecified address means this host) whether it
+/// is SERVING, via `grpc.health.v1`. Ok only for SERVING.
+pub async fn probe_health(listen_addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut target = listen_addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let channel = connect(&format!("http://{target}")).await?;
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    let reply = tokio::time::timeout(CONNECT_TIMEOUT, HealthClient::new(channel).check(request))
+        .await
+        .context("the health check timed out")?
+        .map_err(status_error)?;
+    let status = reply.into_inner().status();
+    anyhow::ensure!(
+        status == ServingStatus::Serving,
+        "the server reports {}",
+        status.as_str_name()
+    );
+    Ok(())
+}
+
 /// An error for a call the server refused or could not finish, worded for a person:
 /// `the server refused the request (INVALID_ARGUMENT): file name is empty`.
 pub fn status_error(status: Status) -> anyhow::Error {
@@ -130,6 +158,25 @@ mod tests {
             anyhow::Error::from(io::Error::from(io::ErrorKind::BrokenPipe)).context("printing");
         assert_eq!(exit_code(Err(error)), ExitCode::SUCCESS);
         assert_eq!(exit_code(Err(anyhow::anyhow!("boom"))), ExitCode::FAILURE);
+    }
+
+    /// The health probe passes against a serving server and fails against nothing.
+    #[tokio::test]
+    async fn health_probe_reports_serving() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let server =
+            tokio::spawn(crate::server::GrpcServer::new().serve(listener, shutdown.clone()));
+        probe_health(addr).await.expect("serving");
+        shutdown.cancel();
+        server.await.expect("task").expect("clean stop");
+        assert!(
+            probe_health(addr).await.is_err(),
+            "nothing listens after the stop"
+        );
     }
 
     /// Nothing listening gives one line naming the address, not a transport dump.

@@ -18,6 +18,9 @@ struct Args {
     /// Largest file content accepted, in bytes.
     #[arg(long, env = "FILE_SERVICE_MAX_FILE_SIZE", default_value_t = file_service::DEFAULT_MAX_FILE_SIZE)]
     max_file_size: usize,
+    /// Ask the server at --addr whether it is serving (exit 0) or not (exit 1), then exit.
+    #[arg(long)]
+    health_check: bool,
 }
 
 #[tokio::main]
@@ -27,6 +30,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.health_check {
+        return grpc_suite::cli::probe_health(args.addr).await;
+    }
     let config = file_service::Config {
         upload_dir: args.dir,
         max_file_size: args.max_file_size,
