@@ -1,1 +1,86 @@
-//! The logger service (port 50055): skeleton, to be written.
+//! The logger service (port 50055): the suite's system of record, on SQLite.
+//!
+//! - [`serve`] runs the gRPC service (LogActivity, QueryLogs, FollowLogs) on an
+//!   already-bound listener until a shutdown token fires, over a [`Store`] opened with
+//!   [`open_store`]; the `logger_server` binary and the tests start it the same way.
+//! - [`store`] owns the database: the contract's `logs` table, one writer thread with group
+//!   commit (an acknowledged row is durable), read-only connections for queries.
+//! - [`client`] is what `logger_client` does; [`query`] is what `logger_query` does, reading
+//!   the file directly; both print through [`table`], so their output is the same.
+
+pub mod client;
+mod error;
+pub mod query;
+mod service;
+pub mod store;
+pub mod table;
+pub mod validate;
+
+use std::{path::PathBuf, time::Duration};
+
+use grpc_suite::{logger::logger_service_server::LoggerServiceServer, server::GrpcServer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::LoggerError;
+pub use service::LoggerService;
+pub use store::{Store, StoreError};
+
+/// The port the old system used, and ours by default.
+pub const DEFAULT_PORT: u16 = 50055;
+
+/// The database the old system used, relative to the working folder.
+pub const DEFAULT_DB: &str = "logs_data/logs.db";
+
+/// The most rows one QueryLogs (or one follow backlog) returns by default.
+pub const DEFAULT_MAX_QUERY_LIMIT: u32 = 1000;
+
+/// How long shutdown waits for the writer to commit what is queued and close the file.
+const WRITER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the server needs to know, as plain values (the binary builds it from flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The SQLite file; it and its folder are created if missing.
+    pub db_path: PathBuf,
+    /// The cap on QueryLogs' `limit` and FollowLogs' `backlog`.
+    pub max_query_limit: u32,
+    /// Print each committed row as `[LOG] <event_type>: <details>` on stdout (the binary
+    /// does, as the old server did; in-process tests need not).
+    pub echo: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            db_path: PathBuf::from(DEFAULT_DB),
+            max_query_limit: DEFAULT_MAX_QUERY_LIMIT,
+            echo: false,
+        }
+    }
+}
+
+/// Opens the database (creating it, its folder and our index and side table) and starts
+/// its writer, for the caller to report before serving.
+pub fn open_store(config: &Config) -> Result<Store, StoreError> {
+    Store::open(&config.db_path, config.echo)
+}
+
+/// Serves the logger service, with health and reflection, until `shutdown` is cancelled;
+/// then lets in-flight calls finish, ends follow streams, and stops the writer once what
+/// it has queued is committed.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let service = LoggerService::new(store.clone(), config.max_query_limit, shutdown.clone());
+    let served = GrpcServer::new()
+        .add_service(LoggerServiceServer::new(service))
+        .serve(listener, shutdown)
+        .await;
+    // After the drain, so calls still in flight get their rows committed and answered.
+    store.close(WRITER_STOP_TIMEOUT).await;
+    served
+}

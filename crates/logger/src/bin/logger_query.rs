@@ -1,0 +1,42 @@
+//! `logger_query`: prints the newest events straight from a logger database file,
+//! read-only, as the old query tool did.
+
+use std::{io::Write as _, path::PathBuf, process::ExitCode};
+
+use clap::Parser;
+
+/// Prints the newest logged events from the database file, newest first.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The SQLite database file (opened read-only; never created or changed).
+    #[arg(long, env = "LOGGER_SERVICE_DB", default_value = logger_service::DEFAULT_DB)]
+    db: PathBuf,
+    /// How many events to show.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    limit: u32,
+    /// Only events of exactly this type.
+    #[arg(long = "type", value_name = "TYPE")]
+    event_type: Option<String>,
+}
+
+fn main() -> ExitCode {
+    grpc_suite::cli::init_tracing("warn");
+    grpc_suite::cli::exit_code(run(Args::parse()))
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let rows = logger_service::query::read_logs(&args.db, args.limit, args.event_type.as_deref())?;
+    let text = logger_service::table::render(&rows);
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The flag definitions are consistent (clap checks names, defaults, env vars).
+    #[test]
+    fn args_are_well_formed() {
+        <super::Args as clap::CommandFactory>::command().debug_assert();
+    }
+}
