@@ -47,6 +47,17 @@ impl InProcessServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding 127.0.0.1:0");
+        Self::start_on(listener, serve)
+    }
+
+    /// Serves on a listener the test bound earlier. Until then, connections to it wait in
+    /// the kernel's queue: that is how a test keeps a server "absent" at a known address
+    /// without ever releasing the port to someone else.
+    pub fn start_on<F, Fut>(listener: TcpListener, serve: F) -> Self
+    where
+        F: FnOnce(TcpListener, CancellationToken) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
         let addr = listener.local_addr().expect("reading the bound address");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(listener, shutdown.clone()));

@@ -1,0 +1,85 @@
+//! `auth_client`: logs in, keeps the session until Ctrl+C or SIGTERM, then logs out.
+
+use std::{io::IsTerminal, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser;
+
+/// Logs in to the auth service and holds the session until Ctrl+C or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The auth server's URL.
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_URL",
+        default_value = "http://localhost:50054"
+    )]
+    server: String,
+    /// Username.
+    #[arg(long, env = "AUTH_CLIENT_USERNAME", default_value = "user1")]
+    username: String,
+    /// Password (prefer --prompt-password, which keeps it out of the process list).
+    #[arg(
+        long,
+        env = "AUTH_CLIENT_PASSWORD",
+        default_value = "pass123",
+        hide_default_value = true
+    )]
+    password: String,
+    /// Ask for the password: without echo in a terminal, else one line from standard input.
+    #[arg(long, conflicts_with = "password")]
+    prompt_password: bool,
+    /// Log out after this many seconds instead of waiting for a signal (for scripts).
+    #[arg(long, value_name = "SECONDS")]
+    logout_after: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    grpc_suite::cli::init_tracing("warn");
+    grpc_suite::cli::exit_code(run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let password = if args.prompt_password {
+        read_password()?
+    } else {
+        args.password
+    };
+    let channel = grpc_suite::cli::connect(&args.server).await?;
+    let stop = async move {
+        match args.logout_after {
+            Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds)).await,
+            None => grpc_suite::server::wait_for_signal().await,
+        }
+    };
+    auth_service::client::run(
+        channel,
+        args.username,
+        password,
+        stop,
+        &mut std::io::stdout(),
+    )
+    .await
+}
+
+fn read_password() -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password("Password: ").context("reading the password");
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The flag definitions are consistent (clap checks names, defaults, env vars).
+    #[test]
+    fn args_are_well_formed() {
+        <super::Args as clap::CommandFactory>::command().debug_assert();
+    }
+}

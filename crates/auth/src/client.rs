@@ -1,0 +1,49 @@
+//! What `auth_client` does: log in, hold the session until told to stop (Ctrl+C, SIGTERM,
+//! or a scripted delay), then log out with the whole session id, printing the old client's
+//! lines.
+
+use std::{future::Future, io::Write};
+
+use grpc_suite::{auth as pb, cli::status_error};
+use pb::auth_service_client::AuthServiceClient;
+use tonic::transport::Channel;
+
+/// Logs in as `username`, waits for `stop`, logs out. A refused login is an error (exit 1).
+pub async fn run(
+    channel: Channel,
+    username: String,
+    password: String,
+    stop: impl Future<Output = ()>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut client = AuthServiceClient::new(channel);
+    let login = client
+        .login(pb::LoginRequest { username, password })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    anyhow::ensure!(login.success, "login failed: {}", login.message);
+    writeln!(
+        out,
+        "Login: {} (Session ID: {})",
+        login.message, login.session_id
+    )?;
+    writeln!(out, "Session active. Press Ctrl+C to logout and exit.")?;
+    out.flush()?;
+
+    stop.await;
+
+    writeln!(out, "Received shutdown signal. Logging out...")?;
+    out.flush()?;
+    let request = pb::LogoutRequest {
+        session_id: login.session_id,
+    };
+    let logout = client
+        .logout(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    writeln!(out, "Logout: {}", logout.message)?;
+    anyhow::ensure!(logout.success, "logout failed: {}", logout.message);
+    Ok(())
+}

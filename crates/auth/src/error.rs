@@ -1,0 +1,34 @@
+//! The auth service's failures, and the one place they become gRPC statuses. A wrong
+//! password is not an error: it is an answer (success=false), as the old server gave.
+
+use tonic::Status;
+
+use crate::outbox::OutboxError;
+
+/// Why an auth call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The username is empty, too long, or has control characters.
+    #[error("{0}")]
+    BadUsername(&'static str),
+    /// The password is longer than any real one.
+    #[error("password is longer than {0} bytes")]
+    PasswordTooLong(usize),
+    /// The audit event could not be made durable, so the call was not carried out.
+    #[error(transparent)]
+    Audit(#[from] OutboxError),
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::BadUsername(_) | AuthError::PasswordTooLong(_) => {
+                Status::invalid_argument(error.to_string())
+            }
+            AuthError::Audit(cause) => {
+                tracing::error!(error = %cause, "audit event not recorded; refusing the call");
+                Status::unavailable("the server cannot record this event right now; try again")
+            }
+        }
+    }
+}

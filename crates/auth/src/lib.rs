@@ -1,0 +1,103 @@
+//! The auth service (port 50054): logins checked against argon2id hashes, sessions with an
+//! expiry, and audit events (SESSION_STARTED, SESSION_TERMINATED, LOGIN_FAILED) that reach
+//! the logger service exactly once, in order, however long the logger is away.
+//!
+//! A login or logout is answered once its event is committed to a local outbox file
+//! ([`outbox`]); a background task delivers from there. So a slow or absent logger never
+//! slows a login, and an event survives an auth server restart.
+
+pub mod client;
+pub mod credentials;
+mod error;
+pub mod outbox;
+mod service;
+pub mod sessions;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use grpc_suite::{
+    auth::auth_service_server::AuthServiceServer,
+    logger::logger_service_client::LoggerServiceClient, server::GrpcServer,
+};
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::Endpoint;
+
+pub use credentials::Credentials;
+pub use error::AuthError;
+pub use service::AuthService;
+
+/// The port the contract fixes (the old server listened elsewhere by mistake).
+pub const DEFAULT_PORT: u16 = 50054;
+/// How long a session lasts by default.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The outbox file's name inside the data folder.
+pub const OUTBOX_FILE: &str = "auth_outbox.db";
+/// How often expired sessions are swept out of memory.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the server needs, as plain values (the binary builds it from flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long a session lasts after login.
+    pub session_ttl: Duration,
+    /// Folder of the outbox file (created if missing).
+    pub data_dir: PathBuf,
+    /// The logger service, e.g. `http://localhost:50055`.
+    pub logger_url: String,
+}
+
+/// Serves the auth service until `shutdown`, delivering audit events in the background.
+pub async fn serve(
+    listener: TcpListener,
+    credentials: Credentials,
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
+    let outbox_path = config.data_dir.join(OUTBOX_FILE);
+    let outbox = outbox::Outbox::open(&outbox_path)
+        .with_context(|| format!("opening the audit outbox {}", outbox_path.display()))?;
+    // Lazy: the auth server starts, and answers, whether or not the logger is up yet.
+    let logger_channel = Endpoint::from_shared(config.logger_url.clone())
+        .with_context(|| format!("invalid logger URL {:?}", config.logger_url))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy();
+    let sessions = Arc::new(sessions::SessionStore::new(config.session_ttl));
+
+    let background = TaskTracker::new();
+    background.spawn(
+        outbox
+            .clone()
+            .deliver(LoggerServiceClient::new(logger_channel), shutdown.clone()),
+    );
+    background.spawn(sweep_sessions(Arc::clone(&sessions), shutdown.clone()));
+    background.close();
+
+    let service = AuthService::new(credentials, sessions, outbox);
+    let served = GrpcServer::new()
+        .add_service(AuthServiceServer::new(service))
+        .serve(listener, shutdown.clone())
+        .await;
+    // The gRPC side is done; background tasks watch the same token and stop promptly.
+    shutdown.cancel();
+    background.wait().await;
+    served
+}
+
+async fn sweep_sessions(sessions: Arc<sessions::SessionStore>, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let swept = sessions.sweep(std::time::Instant::now());
+                if swept > 0 {
+                    tracing::debug!(swept, "expired sessions removed");
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

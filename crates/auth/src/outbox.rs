@@ -1,0 +1,363 @@
+//! The audit outbox: events are committed to a local SQLite file before the call that caused
+//! them is answered, then a background task delivers them to the logger in order, with
+//! retry and backoff, each under its own event id and original time. The logger stores an
+//! event id once, so a delivery repeated after a crash or a lost answer is harmless: every
+//! event lands exactly once.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use grpc_suite::{logger as pb, server::run_blocking};
+use pb::logger_service_client::LoggerServiceClient;
+use rusqlite::{Connection, params};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, transport::Channel};
+
+/// Most events written in one transaction. Bounds the writer's batch memory; under load one
+/// disk sync is shared by up to this many logins and logouts.
+const MAX_WRITE_BATCH: usize = 1024;
+/// Queue in front of the writer: callers wait (backpressure) beyond this many.
+const WRITE_QUEUE: usize = 4096;
+/// Events read per delivery round.
+const DELIVERY_BATCH: usize = 256;
+/// First retry delay after a failed delivery; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// One delivery attempt may take this long before it counts as failed.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One audit event, as the logger will store it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Unique per event; the logger de-duplicates on it.
+    pub event_id: String,
+    /// `SESSION_STARTED`, `SESSION_TERMINATED` or `LOGIN_FAILED`.
+    pub event_type: String,
+    /// The human sentence.
+    pub details: String,
+    /// When it happened, `%Y-%m-%d %H:%M:%S%.3f` local time.
+    pub timestamp: String,
+}
+
+impl AuditEvent {
+    /// A new event happening now, with a fresh id.
+    pub fn now(event_type: &str, details: String) -> Self {
+        Self {
+            event_id: uuid::Uuid::new_v4().to_string(),
+            event_type: event_type.to_owned(),
+            details,
+            timestamp: chrono::Local::now()
+                .format("%Y-%m-%d %H:%M:%S%.3f")
+                .to_string(),
+        }
+    }
+}
+
+/// Why an event could not be recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OutboxError {
+    /// SQLite refused (disk full, read-only, corrupt file).
+    #[error("audit outbox write failed: {0}")]
+    Write(String),
+    /// The writer thread is gone (only during shutdown).
+    #[error("audit outbox is closed")]
+    Closed,
+}
+
+type WriteRequest = (AuditEvent, oneshot::Sender<Result<(), OutboxError>>);
+
+/// The handle callers record events through. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    writes: mpsc::Sender<WriteRequest>,
+    /// Wakes the delivery task when new events are committed. A `Notify` keeps one permit,
+    /// so a commit that happens while the task is busy is never missed.
+    committed: Arc<Notify>,
+    path: PathBuf,
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open(path)?;
+    // WAL lets the delivery task read while the writer commits; synchronous=FULL makes
+    // every commit survive a power cut, which is what "recorded" promises.
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    Ok(connection)
+}
+
+impl Outbox {
+    /// Opens (creating) the outbox file and starts its writer thread.
+    pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        let connection = open_connection(path)?;
+        connection.execute_batch(
+            "CREATE TABLE IF NOT EXISTS outbox (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 event_id TEXT NOT NULL,
+                 event_type TEXT NOT NULL,
+                 details TEXT NOT NULL,
+                 timestamp TEXT NOT NULL
+             );",
+        )?;
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let committed = Arc::new(Notify::new());
+        let wake = Arc::clone(&committed);
+        // A dedicated thread owns the write connection: SQLite work never runs on the async
+        // executor, and one writer means no lock contention between writers.
+        std::thread::Builder::new()
+            .name("audit-outbox-writer".into())
+            .spawn(move || write_loop(connection, queue, &wake))
+            .map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?;
+        // Events left from an earlier run are waiting: let delivery start at once.
+        committed.notify_one();
+        Ok(Self {
+            writes,
+            committed,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Commits an event durably; returns once it is on disk.
+    pub async fn record(&self, event: AuditEvent) -> Result<(), OutboxError> {
+        let (done, outcome) = oneshot::channel();
+        self.writes
+            .send((event, done))
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        outcome.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Events not yet delivered, oldest first (for tests and diagnostics).
+    pub fn pending(&self) -> rusqlite::Result<Vec<AuditEvent>> {
+        let connection = open_connection(&self.path)?;
+        Ok(read_batch(&connection, usize::MAX)?
+            .into_iter()
+            .map(|(_, event)| event)
+            .collect())
+    }
+
+    /// Delivers committed events to the logger, in order, until `shutdown`. Events it could
+    /// not deliver stay in the file for the next run.
+    pub async fn deliver(self, logger: LoggerServiceClient<Channel>, shutdown: CancellationToken) {
+        let mut reader = match open_connection(&self.path) {
+            Ok(connection) => connection,
+            Err(error) => {
+                tracing::error!(%error, "cannot open the audit outbox for delivery; events stay queued on disk");
+                return;
+            }
+        };
+        let mut delivery = Delivery { logger, shutdown };
+        loop {
+            let read = run_blocking(move || {
+                let batch = read_batch(&reader, DELIVERY_BATCH);
+                (reader, batch)
+            })
+            .await;
+            let Ok((connection, batch)) = read else {
+                return;
+            };
+            reader = connection;
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::error!(%error, "reading the audit outbox failed; retrying");
+                    if !delivery.pause(MAX_BACKOFF).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(&(last_seq, _)) = batch.last() else {
+                tokio::select! {
+                    () = self.committed.notified() => continue,
+                    () = delivery.shutdown.cancelled() => return,
+                }
+            };
+            for (_, event) in batch {
+                if !delivery.send(event).await {
+                    return; // Shutdown: undelivered events stay on disk.
+                }
+            }
+            // One delete for the whole batch. A crash before it only re-sends events the
+            // logger already has, which it recognises by event id.
+            let deleted = run_blocking(move || {
+                let result =
+                    reader.execute("DELETE FROM outbox WHERE seq <= ?1", params![last_seq]);
+                (reader, result)
+            })
+            .await;
+            let Ok((connection, result)) = deleted else {
+                return;
+            };
+            reader = connection;
+            if let Err(error) = result {
+                tracing::error!(%error, "removing delivered events from the outbox failed");
+            }
+        }
+    }
+}
+
+/// The delivery side's connection to the logger and its stop signal.
+struct Delivery {
+    logger: LoggerServiceClient<Channel>,
+    shutdown: CancellationToken,
+}
+
+impl Delivery {
+    /// Sends one event until the logger takes it; false if shutdown came first.
+    async fn send(&mut self, event: AuditEvent) -> bool {
+        let request = pb::LogRequest {
+            event_type: event.event_type,
+            details: event.details,
+            timestamp: event.timestamp,
+            event_id: event.event_id,
+        };
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let attempt =
+                tokio::time::timeout(DELIVERY_TIMEOUT, self.logger.log_activity(request.clone()));
+            let outcome = tokio::select! {
+                outcome = attempt => outcome,
+                () = self.shutdown.cancelled() => return false,
+            };
+            match outcome {
+                Ok(Ok(reply)) if reply.get_ref().logged => return true,
+                Ok(Ok(_)) => {
+                    tracing::warn!(event_id = %request.event_id, "logger did not log the event; retrying")
+                }
+                Ok(Err(status)) if status.code() == Code::InvalidArgument => {
+                    // Retrying cannot fix a refused event, and holding it would stop every
+                    // later one: record the loss loudly and move on.
+                    tracing::error!(event_id = %request.event_id, reason = status.message(), "logger refused an audit event; dropping it");
+                    return true;
+                }
+                Ok(Err(status)) => {
+                    tracing::warn!(code = ?status.code(), reason = status.message(), ?backoff, "logger unavailable; will retry")
+                }
+                Err(_) => tracing::warn!(?backoff, "logger did not answer in time; will retry"),
+            }
+            if !self.pause(backoff).await {
+                return false;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Sleeps, unless shutdown comes first (then false).
+    async fn pause(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = self.shutdown.cancelled() => false,
+        }
+    }
+}
+
+/// The writer thread: takes the first waiting event, then whatever else is queued (group
+/// commit), writes them in one transaction, and answers every caller with the outcome.
+fn write_loop(
+    mut connection: Connection,
+    mut queue: mpsc::Receiver<WriteRequest>,
+    committed: &Notify,
+) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_WRITE_BATCH {
+            match queue.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let outcome = insert_all(&mut connection, batch.iter().map(|(event, _)| event))
+            .map_err(|error| OutboxError::Write(error.to_string()));
+        if let Err(error) = &outcome {
+            tracing::error!(%error, events = batch.len(), "audit outbox commit failed");
+        }
+        let succeeded = outcome.is_ok();
+        for (_, done) in batch {
+            let _ = done.send(outcome.clone()); // The caller may have gone; nothing to do.
+        }
+        if succeeded {
+            committed.notify_one();
+        }
+    }
+}
+
+fn insert_all<'a>(
+    connection: &mut Connection,
+    events: impl Iterator<Item = &'a AuditEvent>,
+) -> rusqlite::Result<()> {
+    let transaction = connection.transaction()?;
+    {
+        let mut insert = transaction.prepare_cached(
+            "INSERT INTO outbox (event_id, event_type, details, timestamp) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for event in events {
+            insert.execute(params![
+                event.event_id,
+                event.event_type,
+                event.details,
+                event.timestamp
+            ])?;
+        }
+    }
+    transaction.commit()
+}
+
+fn read_batch(connection: &Connection, limit: usize) -> rusqlite::Result<Vec<(i64, AuditEvent)>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut select = connection.prepare_cached(
+        "SELECT seq, event_id, event_type, details, timestamp FROM outbox ORDER BY seq LIMIT ?1",
+    )?;
+    let rows = select.query_map(params![limit], |row| {
+        Ok((
+            row.get(0)?,
+            AuditEvent {
+                event_id: row.get(1)?,
+                event_type: row.get(2)?,
+                details: row.get(3)?,
+                timestamp: row.get(4)?,
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Recorded events are on disk, in order, and survive reopening the file.
+    #[tokio::test]
+    async fn recorded_events_persist_in_order() {
+        let folder = tempfile::tempdir().expect("tempdir");
+        let path = folder.path().join("outbox.db");
+        let outbox = Outbox::open(&path).expect("open");
+        let events: Vec<_> = (0..20)
+            .map(|i| AuditEvent::now("TEST", format!("event {i}")))
+            .collect();
+        let mut writers = Vec::new();
+        for event in events.iter().take(10).cloned() {
+            outbox.record(event).await.expect("record");
+        }
+        for event in events.iter().skip(10).cloned() {
+            let outbox = outbox.clone();
+            writers.push(tokio::spawn(async move { outbox.record(event).await }));
+        }
+        for writer in writers {
+            writer.await.expect("task").expect("record");
+        }
+        drop(outbox);
+        let reopened = Outbox::open(&path).expect("reopen");
+        let pending = reopened.pending().expect("pending");
+        assert_eq!(pending.len(), 20);
+        assert_eq!(
+            pending[..10],
+            events[..10],
+            "sequential records keep their order"
+        );
+    }
+}
