@@ -1,1 +1,120 @@
-//! The streaming service (port 50053): skeleton, to be written.
+//! The streaming service (port 50053): the server's time as a stream, chunked file
+//! uploads, and a chat room.
+//!
+//! - [`time`]: StreamServerTime, one time a second until the client goes.
+//! - [`upload`]: StreamUploadFile, written to disk as it arrives and put in place only when
+//!   complete and as declared.
+//! - [`chat`]: ChatStream's room: names, one order, a bounded queue per member.
+//! - [`service`]: the gRPC handlers over those; [`error`](StreamingError): the statuses.
+//! - [`client`]: what `streaming_client` does, against any input and output.
+//!
+//! [`serve`] runs a [`StreamingService`] on an already-bound listener until a shutdown token
+//! fires, so the `streaming_server` binary and the tests start it the same way.
+
+pub mod activity;
+pub mod chat;
+pub mod client;
+mod error;
+mod service;
+pub mod time;
+pub mod upload;
+
+use std::{path::PathBuf, time::Duration};
+
+use grpc_suite::{
+    server::GrpcServer, storage::StorageDir,
+    streaming::streaming_service_server::StreamingServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use error::StreamingError;
+pub use service::StreamingService;
+
+/// The port the old system used, and ours by default.
+pub const DEFAULT_PORT: u16 = 50053;
+
+/// The largest upload accepted by default: 8 GiB.
+pub const DEFAULT_MAX_UPLOAD_SIZE: u64 = 8 * 1024 * 1024 * 1024;
+
+/// The longest chat message accepted by default: 64 KiB.
+pub const DEFAULT_MAX_CHAT_MESSAGE_SIZE: usize = 64 * 1024;
+
+/// Chat messages that may wait for one slow client before it is cut off. At the default
+/// message limit that bounds one client's backlog to 16 MiB; ordinary chat lines are tiny.
+pub const DEFAULT_CHAT_QUEUE_CAPACITY: usize = 256;
+
+/// The size of upload chunks the clients send.
+pub const CHUNK_SIZE: usize = 1024 * 1024;
+
+/// The largest single message the server decodes: chunks of up to 8 MiB, well past the
+/// clients' 1 MiB and tonic's 4 MiB default. A larger message is refused by tonic with
+/// RESOURCE_EXHAUSTED (relabelled by the shared server) before it is buffered.
+pub const MAX_MESSAGE_SIZE: usize = 8 * 1024 * 1024 + 64 * 1024;
+
+/// How long [`serve`] waits for per-stream tasks after the server stops; they end at once
+/// on shutdown, so this only bounds a bug.
+const TASK_DRAIN: Duration = Duration::from_secs(2);
+
+/// What the server needs to know, as plain values (the binary builds it from flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where uploads are stored; created at start.
+    pub upload_dir: PathBuf,
+    /// The largest upload accepted, in bytes.
+    pub max_upload_size: u64,
+    /// The longest chat message accepted, in bytes.
+    pub max_chat_message_size: usize,
+    /// Messages that may wait for one chat client before it is cut off.
+    pub chat_queue_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            upload_dir: PathBuf::from("streamed_files"),
+            max_upload_size: DEFAULT_MAX_UPLOAD_SIZE,
+            max_chat_message_size: DEFAULT_MAX_CHAT_MESSAGE_SIZE,
+            chat_queue_capacity: DEFAULT_CHAT_QUEUE_CAPACITY,
+        }
+    }
+}
+
+/// Opens the upload folder (creating it), for the caller to report before serving.
+pub fn open_storage(config: &Config) -> std::io::Result<StorageDir> {
+    StorageDir::open(&config.upload_dir)
+}
+
+/// Serves `service`, with health and reflection, until `shutdown` is cancelled; then ends
+/// its long streams (chat members are told) and lets the server drain.
+pub async fn serve(
+    listener: TcpListener,
+    service: StreamingService,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let server = GrpcServer::new()
+        .add_service(
+            StreamingServiceServer::new(service.clone())
+                .max_decoding_message_size(MAX_MESSAGE_SIZE),
+        )
+        .serve(listener, shutdown.clone());
+    // The server's drain waits for in-flight calls, and time and chat streams never end on
+    // their own: they must be told, as soon as shutdown starts.
+    let end_streams = async {
+        shutdown.cancelled().await;
+        service.shut_down();
+        std::future::pending::<()>().await;
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = end_streams => Ok(()),
+    };
+    service.shut_down();
+    if tokio::time::timeout(TASK_DRAIN, service.wait_for_tasks())
+        .await
+        .is_err()
+    {
+        tracing::warn!("stream tasks still running after shutdown");
+    }
+    result
+}

@@ -1,0 +1,544 @@
+//! The chat room behind ChatStream: members, their names, one order for every message,
+//! and a bounded queue per member.
+//!
+//! Plain and synchronous so it is unit-tested without a network: the gRPC handler joins
+//! the room, feeds it the client's messages through [`Membership::say`], and returns
+//! [`Membership::outbound`] as the response stream.
+//!
+//! - **Names**: Client(1), Client(2)… in order of joining, from a counter that only grows,
+//!   so a name is never reused while the server runs.
+//! - **One order**: every message is delivered to every queue while the room's lock is held,
+//!   so the room's lock is the single ordering point and all members see the same sequence.
+//! - **Bounded**: each member has a [`Mailbox`] of at most `capacity` messages. Delivery
+//!   never waits: a member whose mailbox is full is cut off (its backlog freed at once, its
+//!   stream ended with RESOURCE_EXHAUSTED) and the others see it leave. A stuck client can
+//!   thus neither delay the others nor grow the server's memory.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    task::{Context, Poll, Waker},
+};
+
+use grpc_suite::streaming as pb;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::{StreamingError, activity::GaugeGuard};
+
+/// The sender name of the server's own announcements.
+pub const SYSTEM_SENDER: &str = "System";
+
+/// What the server says to everyone as it stops.
+pub const SHUTDOWN_NOTICE: &str = "Server is shutting down";
+
+/// Format of the server's timestamps on System messages (and on client messages that
+/// arrive without one): wall-clock time, as the old chat showed it.
+pub const CHAT_TIME_FORMAT: &str = "%H:%M:%S";
+
+/// The name of the member numbered `number`.
+pub fn member_name(number: u64) -> String {
+    format!("Client({number})")
+}
+
+fn system_message(text: String) -> pb::ChatMessage {
+    pb::ChatMessage {
+        sender: SYSTEM_SENDER.to_owned(),
+        message: text,
+        timestamp: chrono::Local::now().format(CHAT_TIME_FORMAT).to_string(),
+    }
+}
+
+/// Limits of a room.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomLimits {
+    /// Messages that may wait for one member before it is cut off.
+    pub queue_capacity: usize,
+    /// The longest `message` text accepted, in bytes.
+    pub max_message_bytes: usize,
+}
+
+/// The chat room shared by every ChatStream call.
+#[derive(Debug)]
+pub struct ChatRoom {
+    limits: RoomLimits,
+    /// Held only while delivering to in-memory queues, never across an await; it orders
+    /// every message, so holding it for a whole broadcast is the point.
+    state: Mutex<RoomState>,
+}
+
+#[derive(Debug, Default)]
+struct RoomState {
+    /// The last number handed out; only grows.
+    last_number: u64,
+    members: BTreeMap<u64, Arc<Mailbox>>,
+    /// Set by [`ChatRoom::close`]; no one may join after.
+    closed: bool,
+}
+
+impl ChatRoom {
+    /// An empty room.
+    pub fn new(limits: RoomLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            state: Mutex::new(RoomState::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RoomState> {
+        // A panic while holding the lock leaves plain data (maps, queues) in a usable
+        // state, so a poisoned lock is taken over rather than taking the room down.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a member under the next number and announces it to everyone, the newcomer
+    /// included. `counted` is held for as long as the membership lives.
+    pub fn join(self: &Arc<Self>, counted: GaugeGuard) -> Result<Membership, StreamingError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(StreamingError::ShuttingDown);
+        }
+        state.last_number += 1;
+        let number = state.last_number;
+        let mailbox = Arc::new(Mailbox::default());
+        state.members.insert(number, Arc::clone(&mailbox));
+        let name = member_name(number);
+        self.broadcast(
+            &mut state,
+            system_message(format!("{name} has joined the chat")),
+        );
+        drop(state);
+        tracing::info!(member = %name, "joined the chat");
+        Ok(Membership {
+            room: Arc::clone(self),
+            number,
+            name,
+            mailbox,
+            outbound_taken: false,
+            left: false,
+            _counted: counted,
+        })
+    }
+
+    /// The members now, by number.
+    pub fn member_numbers(&self) -> Vec<u64> {
+        self.lock().members.keys().copied().collect()
+    }
+
+    /// Tells every member the server is shutting down, ends every stream cleanly after
+    /// that message, and refuses new members.
+    pub fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        let notice = system_message(SHUTDOWN_NOTICE.to_owned());
+        for (_, mailbox) in std::mem::take(&mut state.members) {
+            // Even a member whose queue is full gets the notice: one more message is
+            // bounded, and the stream ends right after it.
+            mailbox.push_unbounded(notice.clone());
+            mailbox.end(Ok(()));
+        }
+    }
+
+    /// Delivers `message` to every member, in the one order. A member whose queue is full
+    /// is cut off, and its leaving is delivered the same way, which can cut off more.
+    fn broadcast(&self, state: &mut RoomState, message: pb::ChatMessage) {
+        let mut pending = VecDeque::from([message]);
+        while let Some(message) = pending.pop_front() {
+            let mut fell_behind = Vec::new();
+            for (&number, mailbox) in &state.members {
+                if !mailbox.push(message.clone(), self.limits.queue_capacity) {
+                    fell_behind.push(number);
+                }
+            }
+            for number in fell_behind {
+                if let Some(mailbox) = state.members.remove(&number) {
+                    tracing::warn!(member = %member_name(number), "cut off: fell too far behind");
+                    mailbox.end(Err(StreamingError::FellBehind {
+                        capacity: self.limits.queue_capacity,
+                    }
+                    .into()));
+                    pending.push_back(left_message(number));
+                }
+            }
+        }
+    }
+}
+
+fn left_message(number: u64) -> pb::ChatMessage {
+    system_message(format!("{} has left the chat", member_name(number)))
+}
+
+/// One client's place in the room. Dropping it leaves the room (announced to the others),
+/// whatever ended the client's stream.
+#[derive(Debug)]
+pub struct Membership {
+    room: Arc<ChatRoom>,
+    number: u64,
+    name: String,
+    mailbox: Arc<Mailbox>,
+    outbound_taken: bool,
+    left: bool,
+    _counted: GaugeGuard,
+}
+
+impl Membership {
+    /// `Client(N)`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The member's stream of messages. Dropping it (tonic does when the client goes away)
+    /// is observed by [`Membership::gone`]. A second call gets an already-ended stream.
+    pub fn outbound(&mut self) -> Outbound {
+        let mailbox = if self.outbound_taken {
+            let ended = Mailbox::default();
+            ended.end(Ok(()));
+            Arc::new(ended)
+        } else {
+            self.outbound_taken = true;
+            Arc::clone(&self.mailbox)
+        };
+        Outbound { mailbox }
+    }
+
+    /// Resolves once this member's stream is over for the server's side: the outbound
+    /// stream was dropped, the member was cut off, or the room closed.
+    pub async fn gone(&self) {
+        self.mailbox.gone.cancelled().await;
+    }
+
+    /// Sends a client's message to everyone as this member (overwriting `sender`, keeping
+    /// the client's timestamp, or the server's time if it gave none). Refuses a message
+    /// over the length limit; a member already cut off is silently ignored.
+    pub fn say(&self, mut message: pb::ChatMessage) -> Result<(), StreamingError> {
+        let limit = self.room.limits.max_message_bytes;
+        if message.message.len() > limit {
+            return Err(StreamingError::ChatMessageTooLong {
+                size: message.message.len(),
+                limit,
+            });
+        }
+        message.sender.clone_from(&self.name);
+        if message.timestamp.is_empty() {
+            message.timestamp = chrono::Local::now().format(CHAT_TIME_FORMAT).to_string();
+        }
+        let mut state = self.room.lock();
+        if state.members.contains_key(&self.number) {
+            self.room.broadcast(&mut state, message);
+        }
+        Ok(())
+    }
+
+    /// Leaves the room: the member's stream ends with `outcome` (after its queued messages
+    /// if `Ok`, at once if an error), and the others see it leave. Idempotent.
+    pub fn leave(&mut self, outcome: Result<(), Status>) {
+        if self.left {
+            return;
+        }
+        self.left = true;
+        let mut state = self.room.lock();
+        if state.members.remove(&self.number).is_some() {
+            self.room.broadcast(&mut state, left_message(self.number));
+            drop(state);
+            tracing::info!(member = %self.name, "left the chat");
+        }
+        self.mailbox.end(outcome);
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.leave(Ok(()));
+    }
+}
+
+/// A bounded queue of messages for one member, read by its [`Outbound`] stream.
+#[derive(Debug, Default)]
+struct Mailbox {
+    state: Mutex<MailboxState>,
+    /// Cancelled when the stream is over for the server: the reader task watches it so a
+    /// dropped connection or a cut-off member stops reading the client's messages.
+    gone: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct MailboxState {
+    queue: VecDeque<pb::ChatMessage>,
+    /// How the stream ends once the queue is empty: `Ok` cleanly, `Err` with a status
+    /// (an error skips the queue: the member is cut off, not served its backlog).
+    end: Option<Result<(), Status>>,
+    /// The reader waiting for a message; kept under the same lock as the queue so a push
+    /// can never slip between the reader's check and its sleep.
+    waker: Option<Waker>,
+}
+
+impl Mailbox {
+    fn lock(&self) -> MutexGuard<'_, MailboxState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues a message; false if the queue already holds `capacity` messages.
+    fn push(&self, message: pb::ChatMessage, capacity: usize) -> bool {
+        let mut state = self.lock();
+        if state.end.is_some() {
+            return true; // Ending anyway; nothing more is delivered.
+        }
+        if state.queue.len() >= capacity {
+            return false;
+        }
+        state.queue.push_back(message);
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+
+    fn push_unbounded(&self, message: pb::ChatMessage) {
+        self.push(message, usize::MAX);
+    }
+
+    /// Ends the stream with `outcome`, unless it already has an ending. An error frees the
+    /// backlog at once.
+    fn end(&self, outcome: Result<(), Status>) {
+        let mut state = self.lock();
+        if state.end.is_none() {
+            if outcome.is_err() {
+                state.queue = VecDeque::new();
+            }
+            state.end = Some(outcome);
+        }
+        let waker = state.waker.take();
+        drop(state);
+        self.gone.cancel();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// One member's outbound stream: its queued messages, then its ending.
+#[derive(Debug)]
+pub struct Outbound {
+    mailbox: Arc<Mailbox>,
+}
+
+impl Stream for Outbound {
+    type Item = Result<pb::ChatMessage, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut state = self.mailbox.lock();
+        if matches!(state.end, Some(Err(_))) {
+            // Deliver the error once, then end.
+            if let Some(Err(status)) = state.end.replace(Ok(())) {
+                return Poll::Ready(Some(Err(status)));
+            }
+        }
+        if let Some(message) = state.queue.pop_front() {
+            return Poll::Ready(Some(Ok(message)));
+        }
+        if state.end.is_some() {
+            return Poll::Ready(None);
+        }
+        state.waker = Some(context.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        // tonic drops the response stream when the client cancels or the connection dies:
+        // that is how the server learns to make the member leave.
+        self.mailbox.gone.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activity::Gauge;
+    use tokio_stream::StreamExt as _;
+
+    fn room(queue_capacity: usize) -> (Arc<ChatRoom>, Gauge) {
+        let limits = RoomLimits {
+            queue_capacity,
+            max_message_bytes: 10,
+        };
+        (ChatRoom::new(limits), Gauge::default())
+    }
+
+    fn text(message: &str) -> pb::ChatMessage {
+        pb::ChatMessage {
+            sender: "spoofed".into(),
+            message: message.into(),
+            timestamp: "12:00:00".into(),
+        }
+    }
+
+    /// Everything ready in an outbound stream now, as `sender: message` lines, and whether
+    /// it has ended (`Some(code)`) or is waiting for more (`None`).
+    fn drain(outbound: &mut Outbound) -> (Vec<String>, Option<tonic::Code>) {
+        let waker = Waker::noop();
+        let mut context = Context::from_waker(waker);
+        let mut lines = Vec::new();
+        loop {
+            match Pin::new(&mut *outbound).poll_next(&mut context) {
+                Poll::Ready(Some(Ok(message))) => {
+                    lines.push(format!("{}: {}", message.sender, message.message));
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    lines.push(format!("error: {}", status.message()));
+                    return (lines, Some(status.code()));
+                }
+                Poll::Ready(None) => return (lines, Some(tonic::Code::Ok)),
+                Poll::Pending => return (lines, None),
+            }
+        }
+    }
+
+    /// Numbers count up from 1 and are never reused; joins reach everyone, the newcomer
+    /// too; leaves reach the others; senders are overwritten; all see one order.
+    #[test]
+    fn names_joins_leaves_and_one_order() {
+        let (room, gauge) = room(100);
+        let mut one = room.join(gauge.enter()).expect("join");
+        let mut out_one = one.outbound();
+        let mut two = room.join(gauge.enter()).expect("join");
+        let mut out_two = two.outbound();
+        assert_eq!((one.name(), two.name()), ("Client(1)", "Client(2)"));
+        one.say(text("hi")).expect("say");
+        two.say(text("hello")).expect("say");
+        two.leave(Ok(()));
+        drop(two);
+        let mut three = room.join(gauge.enter()).expect("join");
+        assert_eq!(three.name(), "Client(3)", "numbers are not reused");
+        let mut out_three = three.outbound();
+        three.say(text("yo")).expect("say");
+        drop(three);
+
+        let (lines, end) = drain(&mut out_one);
+        assert_eq!(
+            lines,
+            [
+                "System: Client(1) has joined the chat",
+                "System: Client(2) has joined the chat",
+                "Client(1): hi",
+                "Client(2): hello",
+                "System: Client(2) has left the chat",
+                "System: Client(3) has joined the chat",
+                "Client(3): yo",
+                "System: Client(3) has left the chat",
+            ]
+        );
+        assert_eq!(end, None, "Client(1) is still in");
+        let (lines, end) = drain(&mut out_two);
+        assert_eq!(
+            lines,
+            [
+                "System: Client(2) has joined the chat",
+                "Client(1): hi",
+                "Client(2): hello",
+            ],
+            "no one is told of their own leaving"
+        );
+        assert_eq!(end, Some(tonic::Code::Ok));
+        let (lines, _) = drain(&mut out_three);
+        assert_eq!(
+            lines,
+            ["System: Client(3) has joined the chat", "Client(3): yo"]
+        );
+
+        drop(one);
+        assert_eq!(gauge.get(), 0);
+        assert!(room.member_numbers().is_empty());
+    }
+
+    /// A member that stops reading is cut off with RESOURCE_EXHAUSTED once its queue is
+    /// full; the others keep receiving and see it leave.
+    #[test]
+    fn a_stuck_member_is_cut_off() {
+        let (room, gauge) = room(3);
+        let mut talker = room.join(gauge.enter()).expect("join");
+        let mut talker_out = talker.outbound();
+        let mut stuck = room.join(gauge.enter()).expect("join");
+        let mut stuck_out = stuck.outbound();
+        drain(&mut talker_out);
+        // The stuck member holds its join notice; two more fill its queue of three.
+        for word in ["a", "b", "c"] {
+            talker.say(text(word)).expect("say");
+            let (lines, _) = drain(&mut talker_out);
+            assert_eq!(lines[0], format!("Client(1): {word}"));
+        }
+        assert_eq!(room.member_numbers(), [1]);
+        let (lines, _) = drain(&mut talker_out);
+        assert!(lines.is_empty());
+        let (lines, end) = drain(&mut stuck_out);
+        assert_eq!(end, Some(tonic::Code::ResourceExhausted));
+        assert_eq!(
+            lines,
+            [
+                "error: you fell too far behind: 3 messages were waiting for you; you have been removed from the chat"
+            ],
+            "the backlog is dropped, the error comes at once"
+        );
+        // talker saw "c" and the leave notice in the same drain above.
+        drop(stuck);
+        talker.say(text("d")).expect("still works");
+        assert_eq!(drain(&mut talker_out).0, ["Client(1): d"]);
+    }
+
+    /// Over-long messages are refused with the limit named; nothing is delivered.
+    #[test]
+    fn over_long_messages_are_refused() {
+        let (room, gauge) = room(10);
+        let mut member = room.join(gauge.enter()).expect("join");
+        let mut out = member.outbound();
+        drain(&mut out);
+        let error = member.say(text("12345678901")).expect_err("too long");
+        assert_eq!(
+            error.to_string(),
+            "chat message is 11 bytes; the limit is 10 bytes"
+        );
+        assert!(drain(&mut out).0.is_empty());
+    }
+
+    /// Closing tells everyone, ends every stream cleanly and refuses later joins.
+    #[tokio::test]
+    async fn close_tells_everyone_and_ends_streams() {
+        let (room, gauge) = room(10);
+        let mut member = room.join(gauge.enter()).expect("join");
+        let mut out = member.outbound();
+        room.close();
+        let mut lines = Vec::new();
+        while let Some(item) = out.next().await {
+            lines.push(item.expect("clean").message);
+        }
+        assert_eq!(lines, ["Client(1) has joined the chat", SHUTDOWN_NOTICE]);
+        assert!(matches!(
+            room.join(gauge.enter()),
+            Err(StreamingError::ShuttingDown)
+        ));
+        // The reader task would see this and stop.
+        tokio::time::timeout(std::time::Duration::from_secs(1), member.gone())
+            .await
+            .expect("gone after close");
+    }
+
+    /// Dropping the outbound stream (a dropped connection) is observed as gone.
+    #[tokio::test]
+    async fn dropped_outbound_is_observed() {
+        let (room, gauge) = room(10);
+        let mut member = room.join(gauge.enter()).expect("join");
+        drop(member.outbound());
+        tokio::time::timeout(std::time::Duration::from_secs(1), member.gone())
+            .await
+            .expect("gone after the stream is dropped");
+    }
+}

@@ -1,0 +1,410 @@
+//! StreamUploadFile: a chunked upload written to disk as it arrives and put in place only
+//! when complete.
+//!
+//! The rules live in [`UploadPlan`] (plain and synchronous); [`receive`] drives them over
+//! any stream of chunks, so it is tested without a network. The content goes to a
+//! [`PendingFile`]: a temporary file in the target folder, deleted when dropped unless
+//! committed. Every way an upload can fail (an error status, a stream that ends early, a
+//! cancelled call dropping the handler) therefore leaves nothing behind, and two uploads of
+//! one name each write their own temporary file and rename it into place atomically.
+
+use bytes::Bytes;
+use grpc_suite::{
+    storage::{PendingFile, SafeFileName, StorageDir, safe_file_name},
+    streaming as pb,
+};
+use sha2::{Digest as _, Sha256};
+use tokio::task::JoinHandle;
+use tokio_stream::{Stream, StreamExt as _};
+use tonic::Status;
+
+use crate::{StreamingError, activity::GaugeGuard};
+
+/// What the first chunk establishes for the whole upload, and the checks every chunk and
+/// the finished content must pass.
+#[derive(Debug, Clone)]
+pub struct UploadPlan {
+    /// The name as the first chunk gave it; later chunks may repeat it or leave it empty.
+    raw_name: String,
+    /// Where the file goes: the base name of `raw_name`.
+    name: SafeFileName,
+    declared_size: Option<u64>,
+    /// Lowercase hex.
+    declared_sha256: Option<String>,
+    max_size: u64,
+}
+
+impl UploadPlan {
+    /// Reads the upload's name and declarations from its first chunk, refusing an unusable
+    /// name, a malformed digest or a declared size over `max_size`.
+    pub fn from_first_chunk(chunk: &pb::FileChunk, max_size: u64) -> Result<Self, StreamingError> {
+        let name = safe_file_name(&chunk.filename)?;
+        if let Some(declared) = chunk.total_size
+            && declared > max_size
+        {
+            return Err(StreamingError::DeclaredTooLarge {
+                declared,
+                limit: max_size,
+            });
+        }
+        let declared_sha256 = chunk
+            .sha256
+            .as_deref()
+            .map(|hex_digest| {
+                let normalised = hex_digest.trim().to_ascii_lowercase();
+                let well_formed =
+                    normalised.len() == 64 && normalised.bytes().all(|b| b.is_ascii_hexdigit());
+                if well_formed {
+                    Ok(normalised)
+                } else {
+                    Err(StreamingError::BadDeclaredSha256(
+                        hex_digest.chars().take(80).collect(),
+                    ))
+                }
+            })
+            .transpose()?;
+        Ok(Self {
+            raw_name: chunk.filename.clone(),
+            name,
+            declared_size: chunk.total_size,
+            declared_sha256,
+            max_size,
+        })
+    }
+
+    /// The stored file's name.
+    pub fn name(&self) -> &SafeFileName {
+        &self.name
+    }
+
+    /// Checks chunk number `index` (from 1), arriving after `received` bytes: it must not
+    /// name another file, nor take the upload past the limit or the declared size.
+    pub fn check_chunk(
+        &self,
+        index: u64,
+        chunk: &pb::FileChunk,
+        received: u64,
+    ) -> Result<(), StreamingError> {
+        if !chunk.filename.is_empty() && chunk.filename != self.raw_name {
+            return Err(StreamingError::FileNameChanged {
+                index,
+                expected: self.raw_name.clone(),
+                found: chunk.filename.chars().take(80).collect(),
+            });
+        }
+        let total = received.saturating_add(chunk.chunk_data.len() as u64);
+        if total > self.max_size {
+            return Err(StreamingError::TooLarge {
+                limit: self.max_size,
+            });
+        }
+        if let Some(declared) = self.declared_size
+            && total > declared
+        {
+            return Err(StreamingError::SizeMismatch {
+                declared,
+                received: total,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the finished content against what the first chunk declared.
+    pub fn verify(&self, received: u64, sha256: &str) -> Result<(), StreamingError> {
+        if let Some(declared) = self.declared_size
+            && declared != received
+        {
+            return Err(StreamingError::SizeMismatch { declared, received });
+        }
+        if let Some(declared) = &self.declared_sha256
+            && declared != sha256
+        {
+            return Err(StreamingError::HashMismatch {
+                declared: declared.clone(),
+                received: sha256.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The file being written and the digest of what was written so far. Moved onto a
+/// blocking thread for each chunk and back, so disk writes never stall the executor.
+#[derive(Debug)]
+struct UploadSink {
+    // Field order matters: fields drop in order, so the temporary file is deleted before
+    // the gauge says the upload is over.
+    file: PendingFile,
+    hasher: Sha256,
+    written: u64,
+    _counted: GaugeGuard,
+}
+
+impl UploadSink {
+    fn write(mut self, data: &[u8]) -> std::io::Result<Self> {
+        if !data.is_empty() {
+            self.file.write_all(data)?;
+            self.hasher.update(data);
+            self.written += data.len() as u64;
+        }
+        Ok(self)
+    }
+
+    /// Puts the file in place; the gauge falls only once it is there.
+    fn commit(self) -> std::io::Result<()> {
+        let Self { file, _counted, .. } = self;
+        file.commit()
+    }
+}
+
+/// A complete upload, in place under its final name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUpload {
+    /// The file's name in the storage folder.
+    pub name: SafeFileName,
+    /// Bytes stored.
+    pub bytes_written: u64,
+    /// SHA-256 of the content, lowercase hex.
+    pub sha256: String,
+}
+
+/// Receives one upload from `chunks` into `storage`, refusing anything over `max_size`
+/// bytes, and puts it in place only once a chunk marked last has arrived, the stream has
+/// ended, and the declared size and digest (if any) match. `counted` is held until the
+/// temporary file is gone or committed.
+///
+/// Writing chunk N overlaps with receiving chunk N+1, so at most about two chunks are in
+/// memory whatever the file's size.
+pub async fn receive<S>(
+    mut chunks: S,
+    storage: &StorageDir,
+    max_size: u64,
+    counted: GaugeGuard,
+) -> Result<StoredUpload, StreamingError>
+where
+    S: Stream<Item = Result<pb::FileChunk, Status>> + Unpin,
+{
+    let first = next_chunk(&mut chunks, 0).await?;
+    let plan = UploadPlan::from_first_chunk(&first, max_size)?;
+    let sink = {
+        let storage = storage.clone();
+        let name = plan.name().clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<UploadSink> {
+            Ok(UploadSink {
+                file: storage.create(&name)?,
+                hasher: Sha256::new(),
+                written: 0,
+                _counted: counted,
+            })
+        })
+        .await??
+    };
+
+    let mut idle_sink = Some(sink);
+    // The write in flight. Dropping this handle (an error return, or tonic dropping the
+    // whole handler when the client cancels) detaches the write; when it finishes, the
+    // sink is dropped with it and the temporary file deleted.
+    let mut writing: Option<JoinHandle<std::io::Result<UploadSink>>> = None;
+    let mut chunk = first;
+    let mut index = 1u64;
+    let mut received = 0u64;
+    loop {
+        plan.check_chunk(index, &chunk, received)?;
+        received += chunk.chunk_data.len() as u64;
+        let sink = match writing.take() {
+            Some(write) => write.await??,
+            None => idle_sink
+                .take()
+                .ok_or(StreamingError::Incomplete { received })?,
+        };
+        let is_last = chunk.is_last_chunk;
+        let data: Bytes = chunk.chunk_data;
+        writing = Some(tokio::task::spawn_blocking(move || sink.write(&data)));
+        if is_last {
+            break;
+        }
+        chunk = next_chunk(&mut chunks, received).await?;
+        index += 1;
+    }
+
+    // The upload is complete only if the client then ends its stream: a chunk after the
+    // last one is a protocol error, and a failed stream is a cancelled call.
+    match chunks.next().await {
+        None => {}
+        Some(Ok(_)) => return Err(StreamingError::ChunkAfterLast),
+        Some(Err(status)) => return Err(StreamingError::Inbound(status)),
+    }
+    let mut sink = match writing.take() {
+        Some(write) => write.await??,
+        None => return Err(StreamingError::Incomplete { received }),
+    };
+    let sha256 = hex::encode(std::mem::take(&mut sink.hasher).finalize());
+    // On a mismatch the sink drops here, deleting the temporary file.
+    plan.verify(sink.written, &sha256)?;
+    let written = sink.written;
+    tokio::task::spawn_blocking(move || sink.commit()).await??;
+    Ok(StoredUpload {
+        name: plan.name().clone(),
+        bytes_written: written,
+        sha256,
+    })
+}
+
+/// The next chunk; a stream that ends here ends before the last chunk, so it was aborted.
+async fn next_chunk<S>(chunks: &mut S, received: u64) -> Result<pb::FileChunk, StreamingError>
+where
+    S: Stream<Item = Result<pb::FileChunk, Status>> + Unpin,
+{
+    match chunks.next().await {
+        Some(Ok(chunk)) => Ok(chunk),
+        Some(Err(status)) => Err(StreamingError::Inbound(status)),
+        None => Err(StreamingError::Incomplete { received }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::activity::Gauge;
+
+    fn chunk(name: &str, data: &[u8], last: bool) -> pb::FileChunk {
+        pb::FileChunk {
+            filename: name.to_owned(),
+            chunk_data: Bytes::copy_from_slice(data),
+            is_last_chunk: last,
+            total_size: None,
+            sha256: None,
+        }
+    }
+
+    fn sha256_hex(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    async fn upload(
+        storage: &StorageDir,
+        chunks: Vec<pb::FileChunk>,
+        max_size: u64,
+    ) -> Result<StoredUpload, StreamingError> {
+        let gauge = Gauge::default();
+        let result = receive(
+            tokio_stream::iter(chunks.into_iter().map(Ok)),
+            storage,
+            max_size,
+            gauge.enter(),
+        )
+        .await;
+        // Whatever happened, nothing of this upload is still running afterwards.
+        gauge.wait_until(|count| *count == 0).await;
+        result
+    }
+
+    fn entries(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Chunks are joined in order; the last chunk may carry data; digest and size match.
+    #[tokio::test]
+    async fn stores_all_chunks_including_data_in_the_last() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = StorageDir::open(dir.path()).expect("storage");
+        let stored = upload(
+            &storage,
+            vec![
+                chunk("../a.bin", b"one ", false),
+                chunk("", b"two ", false),
+                chunk("../a.bin", b"three", true),
+            ],
+            100,
+        )
+        .await
+        .expect("stored");
+        assert_eq!(stored.name.as_str(), "a.bin");
+        assert_eq!(stored.bytes_written, 13);
+        assert_eq!(stored.sha256, sha256_hex(b"one two three"));
+        assert_eq!(
+            std::fs::read(dir.path().join("a.bin")).expect("file"),
+            b"one two three"
+        );
+    }
+
+    /// No last chunk, a renamed chunk, a chunk after the last, or too many bytes: refused,
+    /// and nothing stays in the folder.
+    #[tokio::test]
+    async fn refusals_leave_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = StorageDir::open(dir.path()).expect("storage");
+        let cases: Vec<(Vec<pb::FileChunk>, fn(&StreamingError) -> bool)> = vec![
+            (vec![], |e| {
+                matches!(e, StreamingError::Incomplete { received: 0 })
+            }),
+            (vec![chunk("a", b"xy", false)], |e| {
+                matches!(e, StreamingError::Incomplete { received: 2 })
+            }),
+            (vec![chunk("a", b"x", false), chunk("b", b"y", true)], |e| {
+                matches!(e, StreamingError::FileNameChanged { index: 2, .. })
+            }),
+            (vec![chunk("a", b"x", true), chunk("a", b"y", true)], |e| {
+                matches!(e, StreamingError::ChunkAfterLast)
+            }),
+            (
+                vec![chunk("a", &[0; 8], false), chunk("a", &[0; 3], true)],
+                |e| matches!(e, StreamingError::TooLarge { limit: 10 }),
+            ),
+            (vec![chunk("..", b"x", true)], |e| {
+                matches!(e, StreamingError::BadFileName(_))
+            }),
+        ];
+        for (chunks, expected) in cases {
+            let error = upload(&storage, chunks, 10).await.expect_err("refused");
+            assert!(expected(&error), "unexpected error {error:?}");
+            assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+        }
+    }
+
+    /// Declared size and digest are checked; a mismatch stores nothing.
+    #[tokio::test]
+    async fn declarations_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = StorageDir::open(dir.path()).expect("storage");
+        let declared = |size: u64, sha256: &str| {
+            let mut first = chunk("d.bin", b"hello", true);
+            first.total_size = Some(size);
+            first.sha256 = Some(sha256.to_owned());
+            vec![first]
+        };
+        let good = sha256_hex(b"hello");
+        let stored = upload(&storage, declared(5, &good.to_uppercase()), 100)
+            .await
+            .expect("matching declarations, digest in upper case");
+        assert_eq!(stored.sha256, good);
+        std::fs::remove_file(dir.path().join("d.bin")).expect("cleanup");
+
+        let wrong_hash = sha256_hex(b"other");
+        for (chunks, expected) in [
+            (declared(6, &good), "declared total_size is 6 bytes but 5"),
+            (declared(4, &good), "declared total_size is 4 bytes but 5"),
+            (declared(5, &wrong_hash), "declared sha256 is"),
+            (declared(5, "abc"), "sha256 must be 64 hexadecimal digits"),
+            (
+                declared(101, &good),
+                "declared total_size is 101 bytes; the limit is 100",
+            ),
+        ] {
+            let error = upload(&storage, chunks, 100).await.expect_err("refused");
+            assert!(error.to_string().starts_with(expected), "{error}");
+        }
+        assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    }
+}
