@@ -631,4 +631,35 @@ mod tests {
             ["3"]
         );
     }
+
+    /// Close commits every append already queued, then refuses new ones as WriterStopped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_commits_queued_then_refuses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("sub/logs.db"), false).expect("open");
+        let appends: Vec<_> = (0..50)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move { store.append(entry("T", &n.to_string(), None)).await })
+            })
+            .collect();
+        let mut stored = 0;
+        for append in appends {
+            if append.await.expect("task").is_ok() {
+                stored += 1;
+            }
+        }
+        store.close(Duration::from_secs(10)).await;
+        let error = store
+            .append(entry("T", "late", None))
+            .await
+            .expect_err("closed");
+        assert!(matches!(*error, StoreError::WriterStopped));
+        let rows = store
+            .read(|connection| newest(connection, 100, None))
+            .expect("read");
+        assert_eq!(rows.len(), stored);
+        assert_eq!(stored, 50);
+        assert_eq!(store.stats().rows(), 50);
+    }
 }
