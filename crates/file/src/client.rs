@@ -71,18 +71,19 @@ pub async fn run(channel: Channel, command: Command, out: &mut impl Write) -> an
             }
         }
         Command::Demo => {
-            writeln!(
-                out,
-                "Greeting: {}",
-                hello(&mut client, DEMO_NAME.to_owned()).await?
-            )?;
+            // The old script's lines, word for word: scripts parse them.
+            let greeting = hello(&mut client, DEMO_NAME.to_owned()).await?;
+            writeln!(out, "Greeter client received: {greeting}")?;
             writeln!(out, "Server time: {}", server_time(&mut client).await?)?;
             let (name, content) = DEMO_FILE;
             let reply =
                 write_file(&mut client, name.to_owned(), content.as_bytes().to_vec()).await?;
-            writeln!(out, "Write file: {} ({})", reply.message, reply.file_path)?;
-            let files = list_files(&mut client).await?;
-            writeln!(out, "Files on server: {}", files.join(", "))?;
+            writeln!(out, "File write response: {}", reply.message)?;
+            writeln!(out, "File path: {}", reply.file_path)?;
+            writeln!(out, "Files in upload directory:")?;
+            for name in list_files(&mut client).await? {
+                writeln!(out, "- {name}")?;
+            }
         }
     }
     Ok(())

@@ -371,7 +371,7 @@ async fn reflection_lists_the_service() {
 }
 
 /// The binaries as a user runs them: the server prints the old startup lines, the client's
-/// demo prints its four results, and SIGTERM stops the server cleanly with exit 0.
+/// demo prints the old script's lines, and SIGTERM stops the server cleanly with exit 0.
 #[test]
 fn binaries_demo_and_graceful_stop() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -399,17 +399,20 @@ fn binaries_demo_and_graceful_stop() {
     );
     let stdout = String::from_utf8(output.stdout).expect("utf-8");
     let lines: Vec<_> = stdout.lines().collect();
-    assert_eq!(lines.len(), 4, "{stdout}");
-    assert_eq!(lines[0], "Greeting: Hello, gRPC User!");
-    assert!(lines[1].starts_with("Server time: "), "{stdout}");
+    assert_eq!(lines.len(), 6, "{stdout}");
+    assert_eq!(lines[0], "Greeter client received: Hello, gRPC User!");
+    let time = lines[1].strip_prefix("Server time: ").expect("time line");
+    chrono::NaiveDateTime::parse_from_str(time, "%Y-%m-%d %H:%M:%S").expect("contract format");
     assert_eq!(
         lines[2],
-        format!(
-            "Write file: File test.txt written successfully ({})",
-            dir.path().join("test.txt").display()
-        )
+        "File write response: File test.txt written successfully"
     );
-    assert_eq!(lines[3], "Files on server: test.txt");
+    assert_eq!(
+        lines[3],
+        format!("File path: {}", dir.path().join("test.txt").display())
+    );
+    assert_eq!(lines[4], "Files in upload directory:");
+    assert_eq!(lines[5], "- test.txt");
     assert_eq!(
         std::fs::read_to_string(dir.path().join("test.txt")).expect("stored"),
         "Hello, this is a test file content!"
