@@ -314,6 +314,12 @@ impl Store {
     /// Asks the writer to commit what is queued and stop, then waits for it (at most
     /// `limit`). Appends after this are refused with [`StoreError::WriterStopped`].
     pub async fn close(&self, limit: Duration) {
+        // Readers first: when the writer's connection is the last one to close, SQLite
+        // checkpoints the WAL into the main file and removes it, leaving one plain file
+        // for tools that copy it or open it read-only.
+        if let Ok(mut pool) = self.readers.lock() {
+            pool.clear();
+        }
         // A full queue cannot refuse Stop for long: the writer drains it continuously.
         if self.writes.send(WriterMessage::Stop).await.is_err() {
             return;

@@ -676,6 +676,10 @@ fn binaries_log_query_follow() {
     server.signal("TERM").expect("SIGTERM");
     let status = server.wait(Duration::from_secs(15)).expect("server exits");
     assert!(status.success(), "server exit {status}");
+    assert!(
+        !dir.path().join("nested/folder/logs.db-wal").exists(),
+        "a clean stop checkpoints the WAL into the database file"
+    );
     let deadline = std::time::Instant::now() + TIMEOUT;
     let status = loop {
         if let Some(status) = follower.try_wait().expect("wait") {

@@ -7,7 +7,7 @@ use logger_service::client::Command;
 
 /// Calls the logger service.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// The logger server's URL.
     #[arg(

@@ -7,7 +7,7 @@ use clap::Parser;
 
 /// Prints the newest logged events from the database file, newest first.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// The SQLite database file (opened read-only; never created or changed).
     #[arg(long, env = "LOGGER_SERVICE_DB", default_value = logger_service::DEFAULT_DB)]

@@ -7,7 +7,7 @@ use clap::Parser;
 
 /// Serves the logger service: stores events in SQLite, answers queries, streams new events.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "LOGGER_SERVICE_ADDR", default_value = "[::]:50055")]
