@@ -1,1 +1,511 @@
-//! stub
+//! What `streaming_client` does. With no command it follows the old script: (1) server time
+//! updates until Ctrl+C, (2) an optional upload asked for at a prompt, (3) the chat. Each
+//! step is also a subcommand, and flags script the full flow.
+//!
+//! Input and interrupts are passed in ([`Input`], [`Interrupts`]) and results written to
+//! any writer, so tests drive the same code with scripted lines. Results go to the writer
+//! (stdout in the binary); the progress bar and diagnostics go to stderr.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use grpc_suite::{cli::status_error, streaming as pb};
+use pb::streaming_service_client::StreamingServiceClient;
+use sha2::{Digest as _, Sha256};
+use tokio::{io::AsyncReadExt as _, sync::mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::{CHUNK_SIZE, chat::SYSTEM_SENDER};
+
+/// The prompt of the old script's upload step.
+pub const UPLOAD_PROMPT: &str = "Enter file path to upload (or press Enter to skip): ";
+
+/// The line that leaves the chat.
+pub const QUIT: &str = "quit";
+
+/// How long, after leaving, the chat waits for the server to end the stream (it delivers
+/// what was said before the leave first).
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Chunks read ahead of the network. Two keep the disk and the network both busy while
+/// holding about 2 MiB.
+const CHUNKS_AHEAD: usize = 2;
+
+/// One step of the streaming client.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// Prints the server's time once a second, until Ctrl+C or COUNT updates.
+    Time {
+        /// Stop after this many updates.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Uploads a file in 1 MiB chunks and checks the server's checksum against ours.
+    Upload {
+        /// The local file to send.
+        path: PathBuf,
+        /// The name to store it under (default: the file name of PATH).
+        #[arg(long = "as", value_name = "NAME")]
+        store_as: Option<String>,
+    },
+    /// Joins the chat: sends each line of input, prints what everyone says; `quit`, end of
+    /// input or Ctrl+C leaves.
+    Chat,
+}
+
+/// How the full flow (no command) runs each step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct FlowOptions {
+    /// Stop the time stream after N updates instead of at Ctrl+C.
+    #[arg(long, value_name = "N")]
+    pub time_updates: Option<u64>,
+    /// Upload this file instead of asking for one.
+    #[arg(long, value_name = "PATH", conflicts_with = "skip_upload")]
+    pub upload: Option<PathBuf>,
+    /// Skip the upload step without asking.
+    #[arg(long)]
+    pub skip_upload: bool,
+}
+
+/// Lines of input: standard input read on its own thread, or scripted lines in tests.
+#[derive(Debug)]
+pub struct Input {
+    lines: mpsc::Receiver<String>,
+}
+
+impl Input {
+    /// Standard input, one line at a time. Read on a plain thread rather than tokio's
+    /// blocking pool: a read still waiting for a line when the client finishes must not
+    /// hold up the process's exit, and a detached thread does not.
+    pub fn stdin() -> Self {
+        let (sender, lines) = mpsc::channel(1);
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else {
+                    break; // Unreadable input (not UTF-8, closed): treated as its end.
+                };
+                if sender.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { lines }
+    }
+
+    /// These lines, then the end of input.
+    pub fn scripted<I, S>(lines: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let lines: Vec<String> = lines.into_iter().map(Into::into).collect();
+        let (sender, receiver) = mpsc::channel(lines.len().max(1));
+        for line in lines {
+            // Cannot fail: the channel has room for every line and its receiver is here.
+            let _ = sender.try_send(line);
+        }
+        Self { lines: receiver }
+    }
+
+    /// The next line, without its line ending; `None` at the end of input.
+    pub async fn next_line(&mut self) -> Option<String> {
+        let line = self.lines.recv().await?;
+        Some(line.trim_end_matches('\r').to_owned())
+    }
+}
+
+/// Interrupt requests (Ctrl+C): each ends the current step.
+#[derive(Debug)]
+pub struct Interrupts {
+    receiver: Option<mpsc::UnboundedReceiver<()>>,
+}
+
+impl Interrupts {
+    /// Every Ctrl+C from now on. Once this runs, Ctrl+C no longer kills the process: each
+    /// step decides what it means. Must be called inside a tokio runtime.
+    pub fn ctrl_c() -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while tokio::signal::ctrl_c().await.is_ok() {
+                if sender.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            receiver: Some(receiver),
+        }
+    }
+
+    /// Never interrupted (tests, scripted runs).
+    pub fn none() -> Self {
+        Self { receiver: None }
+    }
+
+    /// Resolves at the next interrupt; never, if there are none to come.
+    pub async fn next(&mut self) {
+        if let Some(receiver) = &mut self.receiver
+            && receiver.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending().await
+    }
+}
+
+/// A connected client with its input, interrupts and output.
+#[derive(Debug)]
+pub struct Session<W> {
+    client: StreamingServiceClient<Channel>,
+    input: Input,
+    interrupts: Interrupts,
+    out: W,
+    /// Draw a progress bar on stderr during uploads (the binary: when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl<W: Write> Session<W> {
+    /// A session over a connected channel.
+    pub fn new(channel: Channel, input: Input, interrupts: Interrupts, out: W) -> Self {
+        Self {
+            client: StreamingServiceClient::new(channel),
+            input,
+            interrupts,
+            out,
+            progress: false,
+        }
+    }
+
+    /// The output, for tests to read.
+    pub fn into_output(self) -> W {
+        self.out
+    }
+
+    /// Runs one command, or the full flow when `command` is `None`.
+    pub async fn run(
+        &mut self,
+        command: Option<Command>,
+        flow: &FlowOptions,
+    ) -> anyhow::Result<()> {
+        match command {
+            Some(Command::Time { count }) => self.time(count).await,
+            Some(Command::Upload { path, store_as }) => {
+                self.upload(&path, store_as).await.map(drop)
+            }
+            Some(Command::Chat) => self.chat().await,
+            None => self.flow(flow).await,
+        }
+    }
+
+    /// The old script's three steps.
+    async fn flow(&mut self, options: &FlowOptions) -> anyhow::Result<()> {
+        match options.time_updates {
+            Some(count) => writeln!(self.out, "--- Server time ({count} updates) ---")?,
+            None => writeln!(self.out, "--- Server time (press Ctrl+C to go on) ---")?,
+        }
+        self.time(options.time_updates).await?;
+
+        writeln!(self.out, "--- File upload ---")?;
+        let path = if options.skip_upload {
+            None
+        } else if let Some(path) = &options.upload {
+            Some(path.clone())
+        } else {
+            write!(self.out, "{UPLOAD_PROMPT}")?;
+            self.out.flush()?;
+            let line = tokio::select! {
+                line = self.input.next_line() => line,
+                () = self.interrupts.next() => anyhow::bail!("interrupted"),
+            };
+            let line = line.unwrap_or_default();
+            let trimmed = line.trim();
+            (!trimmed.is_empty()).then(|| PathBuf::from(trimmed))
+        };
+        // As in the old script, a failed upload is reported and the chat still follows;
+        // the exit status says it failed.
+        let upload_failed = match path {
+            None => {
+                writeln!(self.out, "Upload skipped")?;
+                false
+            }
+            Some(path) => match self.upload(&path, None).await {
+                Ok(_) => false,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    true
+                }
+            },
+        };
+
+        writeln!(
+            self.out,
+            "--- Chat (type a message and press Enter; `{QUIT}` leaves) ---"
+        )?;
+        self.chat().await?;
+        anyhow::ensure!(!upload_failed, "the upload failed (see above)");
+        Ok(())
+    }
+
+    /// Prints `Server time: …` for each update, until `count` updates, an interrupt, or the
+    /// server ending the stream.
+    pub async fn time(&mut self, count: Option<u64>) -> anyhow::Result<()> {
+        if count == Some(0) {
+            return Ok(());
+        }
+        let mut updates = self
+            .client
+            .stream_server_time(pb::Empty {})
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let mut received = 0u64;
+        loop {
+            let update = tokio::select! {
+                update = updates.message() => update.map_err(status_error)?,
+                () = self.interrupts.next() => break,
+            };
+            let Some(update) = update else { break };
+            writeln!(self.out, "Server time: {}", update.timestamp)?;
+            received += 1;
+            if count.is_some_and(|count| received >= count) {
+                break;
+            }
+        }
+        // Dropping `updates` cancels the call: the server stops its producer at once.
+        Ok(())
+    }
+
+    /// Uploads `path` (stored as `store_as` or its file name) in 1 MiB chunks, declaring
+    /// its size and SHA-256 up front, and checks the server's answer against both.
+    pub async fn upload(
+        &mut self,
+        path: &Path,
+        store_as: Option<String>,
+    ) -> anyhow::Result<pb::FileResponse> {
+        let name = match store_as {
+            Some(name) => name,
+            None => path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .with_context(|| {
+                    format!(
+                        "{} has no usable file name; give one with --as NAME",
+                        path.display()
+                    )
+                })?
+                .to_owned(),
+        };
+        let (size, local_sha256) = digest_file(path).await?;
+        let bar = self.progress.then(|| progress_bar(size));
+
+        let (chunks, receiver) = mpsc::channel(CHUNKS_AHEAD);
+        let reader = tokio::spawn(read_chunks(
+            path.to_path_buf(),
+            name,
+            size,
+            local_sha256.clone(),
+            chunks,
+            bar.clone(),
+        ));
+        let call = self
+            .client
+            .stream_upload_file(ReceiverStream::new(receiver));
+        let answer = tokio::select! {
+            answer = call => answer,
+            () = self.interrupts.next() => {
+                reader.abort();
+                anyhow::bail!("upload interrupted; the server keeps nothing of it");
+            }
+        };
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        // A local read failure explains the server's answer (an aborted upload), so it
+        // comes first.
+        reader
+            .await
+            .context("the file reader failed")?
+            .with_context(|| format!("reading {}", path.display()))?;
+        let answer = answer.map_err(status_error)?.into_inner();
+        anyhow::ensure!(
+            answer.success,
+            "the server did not store the file: {}",
+            answer.message
+        );
+        writeln!(self.out, "{} ({})", answer.message, answer.file_path)?;
+        if answer.sha256.is_empty() {
+            // A server without the checksum field (the old one) cannot be checked.
+            writeln!(
+                self.out,
+                "The server sent no checksum; local SHA-256 {local_sha256}"
+            )?;
+            return Ok(answer);
+        }
+        anyhow::ensure!(
+            answer.sha256 == local_sha256 && answer.bytes_written == size,
+            "the server stored {} bytes with SHA-256 {}, but the local file has {size} bytes with SHA-256 {local_sha256}",
+            answer.bytes_written,
+            answer.sha256
+        );
+        writeln!(
+            self.out,
+            "Checksum OK: {} bytes, SHA-256 {} matches the local file",
+            answer.bytes_written, answer.sha256
+        )?;
+        Ok(answer)
+    }
+
+    /// Joins the chat: prints every message as `[ts] Client(N): text` (`[ts] text` for the
+    /// server's own), sends each non-empty input line, and leaves at `quit`, the end of
+    /// input or an interrupt, then prints what the server still delivers until it ends
+    /// the stream.
+    pub async fn chat(&mut self) -> anyhow::Result<()> {
+        let (outgoing, receiver) = mpsc::channel(16);
+        let mut incoming = self
+            .client
+            .chat_stream(ReceiverStream::new(receiver))
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let mut outgoing = Some(outgoing);
+        let leave_deadline = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(leave_deadline);
+        loop {
+            tokio::select! {
+                message = incoming.message() => match message.map_err(status_error)? {
+                    Some(message) => self.print_chat(&message)?,
+                    None => return Ok(()),
+                },
+                line = self.input.next_line(), if outgoing.is_some() => match line {
+                    Some(line) if line.trim() != QUIT => {
+                        if line.trim().is_empty() {
+                            continue;
+                        }
+                        let message = pb::ChatMessage {
+                            sender: String::new(),
+                            message: line,
+                            timestamp: chrono::Local::now()
+                                .format(crate::chat::CHAT_TIME_FORMAT)
+                                .to_string(),
+                        };
+                        if let Some(sender) = &outgoing
+                            && sender.send(message).await.is_err()
+                        {
+                            // The call is over; `incoming` says why on the next turn.
+                            outgoing = None;
+                        }
+                    }
+                    _ => {
+                        // Ending our messages is how we leave: the server announces it
+                        // and ends our stream after what was said before.
+                        outgoing = None;
+                        leave_deadline.as_mut().reset(tokio::time::Instant::now() + LEAVE_TIMEOUT);
+                    }
+                },
+                () = self.interrupts.next(), if outgoing.is_some() => {
+                    outgoing = None;
+                    leave_deadline.as_mut().reset(tokio::time::Instant::now() + LEAVE_TIMEOUT);
+                }
+                () = &mut leave_deadline => return Ok(()),
+            }
+        }
+    }
+
+    fn print_chat(&mut self, message: &pb::ChatMessage) -> std::io::Result<()> {
+        if message.sender == SYSTEM_SENDER {
+            writeln!(self.out, "[{}] {}", message.timestamp, message.message)
+        } else {
+            writeln!(
+                self.out,
+                "[{}] {}: {}",
+                message.timestamp, message.sender, message.message
+            )
+        }
+    }
+}
+
+/// The size and SHA-256 (lowercase hex) of a file, read on a blocking thread.
+async fn digest_file(path: &Path) -> anyhow::Result<(u64, String)> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
+        let mut file = std::fs::File::open(&owned)?;
+        let mut hasher = Sha256::new();
+        let size = std::io::copy(&mut file, &mut hasher)?;
+        Ok((size, hex::encode(hasher.finalize())))
+    })
+    .await
+    .context("the checksum task failed")?
+    .with_context(|| format!("reading {}", path.display()))
+}
+
+/// Reads `path` in chunks into `chunks`: the first declares the size and digest, every one
+/// names the file (as the old client did), and an empty chunk marked last ends a complete
+/// upload. On a read error, or a file that changed size, it stops without the last chunk,
+/// so the server discards the upload.
+async fn read_chunks(
+    path: PathBuf,
+    filename: String,
+    size: u64,
+    sha256: String,
+    chunks: mpsc::Sender<pb::FileChunk>,
+    bar: Option<indicatif::ProgressBar>,
+) -> anyhow::Result<()> {
+    let mut file = tokio::fs::File::open(&path).await?;
+    let mut sent = 0u64;
+    let mut first = true;
+    loop {
+        let mut buffer = Vec::with_capacity(CHUNK_SIZE);
+        let read = (&mut file)
+            .take(CHUNK_SIZE as u64)
+            .read_to_end(&mut buffer)
+            .await?;
+        if read == 0 {
+            break;
+        }
+        sent += read as u64;
+        let chunk = pb::FileChunk {
+            filename: filename.clone(),
+            chunk_data: buffer.into(),
+            is_last_chunk: false,
+            total_size: first.then_some(size),
+            sha256: first.then(|| sha256.clone()),
+        };
+        first = false;
+        if chunks.send(chunk).await.is_err() {
+            return Ok(()); // The call ended early; its answer says why.
+        }
+        if let Some(bar) = &bar {
+            bar.inc(read as u64);
+        }
+    }
+    anyhow::ensure!(
+        sent == size,
+        "the file changed while it was being sent ({size} bytes before, {sent} now)"
+    );
+    let last = pb::FileChunk {
+        filename,
+        chunk_data: bytes::Bytes::new(),
+        is_last_chunk: true,
+        total_size: first.then_some(size),
+        sha256: first.then_some(sha256),
+    };
+    // A failed send means the call already ended; its answer says why.
+    let _ = chunks.send(last).await;
+    Ok(())
+}
+
+/// Bytes, rate and time left, on stderr.
+fn progress_bar(size: u64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(size);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}

@@ -19,7 +19,7 @@ mod service;
 pub mod time;
 pub mod upload;
 
-use std::{path::PathBuf, time::Duration};
+use std::{num::NonZeroUsize, path::PathBuf, time::Duration};
 
 use grpc_suite::{
     server::GrpcServer, storage::StorageDir,
@@ -42,7 +42,7 @@ pub const DEFAULT_MAX_CHAT_MESSAGE_SIZE: usize = 64 * 1024;
 
 /// Chat messages that may wait for one slow client before it is cut off. At the default
 /// message limit that bounds one client's backlog to 16 MiB; ordinary chat lines are tiny.
-pub const DEFAULT_CHAT_QUEUE_CAPACITY: usize = 256;
+pub const DEFAULT_CHAT_QUEUE_CAPACITY: NonZeroUsize = NonZeroUsize::new(256).unwrap();
 
 /// The size of upload chunks the clients send.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
@@ -66,7 +66,7 @@ pub struct Config {
     /// The longest chat message accepted, in bytes.
     pub max_chat_message_size: usize,
     /// Messages that may wait for one chat client before it is cut off.
-    pub chat_queue_capacity: usize,
+    pub chat_queue_capacity: NonZeroUsize,
 }
 
 impl Default for Config {

@@ -35,7 +35,7 @@ impl StreamingService {
             storage,
             max_upload_size: config.max_upload_size,
             room: ChatRoom::new(RoomLimits {
-                queue_capacity: config.chat_queue_capacity.max(1),
+                queue_capacity: config.chat_queue_capacity.get(),
                 max_message_bytes: config.max_chat_message_size,
             }),
             activity: Activity::default(),

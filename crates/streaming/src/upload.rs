@@ -345,7 +345,8 @@ mod tests {
     async fn refusals_leave_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let storage = StorageDir::open(dir.path()).expect("storage");
-        let cases: Vec<(Vec<pb::FileChunk>, fn(&StreamingError) -> bool)> = vec![
+        type Expectation = fn(&StreamingError) -> bool;
+        let cases: Vec<(Vec<pb::FileChunk>, Expectation)> = vec![
             (vec![], |e| {
                 matches!(e, StreamingError::Incomplete { received: 0 })
             }),

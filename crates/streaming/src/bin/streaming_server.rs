@@ -1,0 +1,66 @@
+//! `streaming_server`: the streaming service on port 50053 (see the `streaming_service`
+//! library).
+
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::Parser;
+
+/// Serves the streaming service: a time stream, chunked uploads and a chat room.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "STREAMING_SERVICE_ADDR", default_value = "[::]:50053")]
+    addr: SocketAddr,
+    /// Folder that receives uploaded files (created if missing).
+    #[arg(long, env = "STREAMING_SERVICE_DIR", default_value = "streamed_files")]
+    dir: PathBuf,
+    /// Largest upload accepted, in bytes.
+    #[arg(long, env = "STREAMING_SERVICE_MAX_UPLOAD_SIZE", default_value_t = streaming_service::DEFAULT_MAX_UPLOAD_SIZE)]
+    max_upload_size: u64,
+    /// Longest chat message accepted, in bytes.
+    #[arg(long, env = "STREAMING_SERVICE_MAX_CHAT_MESSAGE_SIZE", default_value_t = streaming_service::DEFAULT_MAX_CHAT_MESSAGE_SIZE)]
+    max_chat_message_size: usize,
+    /// Chat messages that may wait for one client before it is cut off (at least 1).
+    #[arg(long, env = "STREAMING_SERVICE_CHAT_QUEUE", default_value_t = streaming_service::DEFAULT_CHAT_QUEUE_CAPACITY)]
+    chat_queue: NonZeroUsize,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    grpc_suite::cli::init_tracing("info");
+    grpc_suite::cli::exit_code(run(Args::parse()).await)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = streaming_service::Config {
+        upload_dir: args.dir,
+        max_upload_size: args.max_upload_size,
+        max_chat_message_size: args.max_chat_message_size,
+        chat_queue_capacity: args.chat_queue,
+    };
+    let storage = streaming_service::open_storage(&config)
+        .with_context(|| format!("opening the upload folder {}", config.upload_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("binding {}", args.addr))?;
+    let port = listener
+        .local_addr()
+        .context("reading the bound address")?
+        .port();
+    println!("Streaming Service started on port {port}");
+    println!("Files will be stored in: {}", storage.absolute().display());
+    let shutdown = grpc_suite::server::shutdown_on_signals();
+    let service = streaming_service::StreamingService::new(storage, &config);
+    streaming_service::serve(listener, service, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    /// The flag definitions are consistent (clap checks names, defaults, env vars).
+    #[test]
+    fn args_are_well_formed() {
+        <super::Args as clap::CommandFactory>::command().debug_assert();
+    }
+}

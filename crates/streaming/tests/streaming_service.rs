@@ -1,0 +1,1038 @@
+//! The streaming service as its users meet it: the generated client against an in-process
+//! server, the client library with scripted input, the real binaries with piped stdin, and
+//! a Python grpcio client as the old system's.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    num::NonZeroUsize,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use assert_cmd::cargo::cargo_bin;
+use bytes::Bytes;
+use grpc_suite::streaming as pb;
+use pb::streaming_service_client::StreamingServiceClient;
+use sha2::{Digest as _, Sha256};
+use streaming_service::{
+    Config, StreamingService,
+    activity::{Activity, Gauge},
+    client::{FlowOptions, Input, Interrupts, Session},
+};
+use testkit::{InProcessServer, ServerProcess, TIMEOUT};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Streaming, transport::Channel};
+
+/// An in-process server storing into its own temporary folder.
+struct Harness {
+    server: InProcessServer,
+    activity: Activity,
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config {
+            upload_dir: dir.path().join("streamed"),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let storage = streaming_service::open_storage(&config).expect("upload folder");
+        let service = StreamingService::new(storage, &config);
+        let activity = service.activity();
+        let server = InProcessServer::start(move |listener, shutdown| async move {
+            streaming_service::serve(listener, service, shutdown).await
+        })
+        .await;
+        Self {
+            server,
+            activity,
+            dir,
+        }
+    }
+
+    fn upload_dir(&self) -> PathBuf {
+        self.dir.path().join("streamed")
+    }
+
+    async fn client(&self) -> StreamingServiceClient<Channel> {
+        StreamingServiceClient::new(self.server.channel().await)
+            .max_encoding_message_size(usize::MAX)
+    }
+}
+
+/// Waits (bounded) until `gauge` reads `value`.
+async fn settle(gauge: &Gauge, value: usize) {
+    tokio::time::timeout(TIMEOUT, gauge.wait_until(|count| *count == value))
+        .await
+        .unwrap_or_else(|_| panic!("gauge stayed at {} instead of {value}", gauge.get()));
+}
+
+/// Every entry in `dir` and below (temporary files included), relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).expect("reading a folder") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(
+                    path.strip_prefix(dir)
+                        .expect("under dir")
+                        .display()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+fn chunk(filename: &str, data: &[u8], is_last_chunk: bool) -> pb::FileChunk {
+    pb::FileChunk {
+        filename: filename.to_owned(),
+        chunk_data: Bytes::copy_from_slice(data),
+        is_last_chunk,
+        total_size: None,
+        sha256: None,
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+async fn upload(
+    client: &mut StreamingServiceClient<Channel>,
+    chunks: Vec<pb::FileChunk>,
+) -> Result<pb::FileResponse, tonic::Status> {
+    tokio::time::timeout(
+        TIMEOUT,
+        client.stream_upload_file(tokio_stream::iter(chunks)),
+    )
+    .await
+    .expect("upload answered in time")
+    .map(tonic::Response::into_inner)
+}
+
+/// The time stream sends contract-format times, the first at once, then one a second.
+#[tokio::test]
+async fn time_stream_follows_the_contract() {
+    let harness = Harness::start().await;
+    let mut client = harness.client().await;
+    let mut times = client
+        .stream_server_time(pb::Empty {})
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut stamps = Vec::new();
+    for _ in 0..3 {
+        let item = tokio::time::timeout(TIMEOUT, times.message())
+            .await
+            .expect("in time")
+            .expect("ok")
+            .expect("an item");
+        let parsed = chrono::NaiveDateTime::parse_from_str(&item.timestamp, "%Y-%m-%d %H:%M:%S")
+            .expect("contract format");
+        stamps.push(parsed);
+    }
+    // Three items span two periods, so the clock must have moved on by at least a second.
+    assert!(
+        stamps[0] <= stamps[1] && stamps[1] <= stamps[2],
+        "{stamps:?}"
+    );
+    assert!(
+        stamps[2] - stamps[0] >= chrono::TimeDelta::seconds(1),
+        "{stamps:?}"
+    );
+}
+
+/// When the client cancels its time stream, or its connection goes, the server's producer
+/// stops; on shutdown the stream ends cleanly.
+#[tokio::test]
+async fn time_stream_stops_with_its_client_and_at_shutdown() {
+    let harness = Harness::start().await;
+    let gauge = harness.activity.time_streams.clone();
+
+    // Cancelled call: the response stream is dropped.
+    let mut client = harness.client().await;
+    let mut times = client
+        .stream_server_time(pb::Empty {})
+        .await
+        .expect("stream")
+        .into_inner();
+    tokio::time::timeout(TIMEOUT, times.message())
+        .await
+        .expect("in time")
+        .expect("ok");
+    assert_eq!(gauge.get(), 1);
+    drop(times);
+    settle(&gauge, 0).await;
+
+    // A dropped connection: every handle on the channel goes.
+    let mut client = harness.client().await;
+    let mut times = client
+        .stream_server_time(pb::Empty {})
+        .await
+        .expect("stream")
+        .into_inner();
+    tokio::time::timeout(TIMEOUT, times.message())
+        .await
+        .expect("in time")
+        .expect("ok");
+    settle(&gauge, 1).await;
+    drop((client, times));
+    settle(&gauge, 0).await;
+
+    // Shutdown ends the stream with OK after what was sent.
+    let mut client = harness.client().await;
+    let mut times = client
+        .stream_server_time(pb::Empty {})
+        .await
+        .expect("stream")
+        .into_inner();
+    tokio::time::timeout(TIMEOUT, times.message())
+        .await
+        .expect("in time")
+        .expect("ok");
+    harness.server.stop().await.expect("clean stop");
+    loop {
+        match tokio::time::timeout(TIMEOUT, times.message())
+            .await
+            .expect("stream ends in time")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(status) => panic!("the stream should end cleanly: {status:?}"),
+        }
+    }
+    assert_eq!(gauge.get(), 0);
+}
+
+/// Writes `size` bytes of deterministic pseudo-random data to `path`; returns its SHA-256.
+fn generate_file(path: &Path, size: usize) -> String {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    let mut hasher = Sha256::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut block = vec![0u8; 1024 * 1024];
+    let mut left = size;
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let take = left.min(block.len());
+        file.write_all(&block[..take]).expect("write");
+        hasher.update(&block[..take]);
+        left -= take;
+    }
+    file.flush().expect("flush");
+    hex::encode(hasher.finalize())
+}
+
+/// True if two files hold the same bytes, compared a block at a time.
+fn same_content(left: &Path, right: &Path) -> bool {
+    let mut left = BufReader::new(std::fs::File::open(left).expect("open"));
+    let mut right = BufReader::new(std::fs::File::open(right).expect("open"));
+    let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let read_a = left.read(&mut a).expect("read");
+        if read_a == 0 {
+            return right.read(&mut b).expect("read") == 0;
+        }
+        if right.read_exact(&mut b[..read_a]).is_err() || a[..read_a] != b[..read_a] {
+            return false;
+        }
+    }
+}
+
+/// A 100 MiB file uploaded with the client library lands byte for byte, with the answer's
+/// size and SHA-256 matching the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_upload_is_stored_exactly() {
+    let harness = Harness::start().await;
+    let size = 100 * 1024 * 1024 + 12_345;
+    let source = harness.dir.path().join("big.bin");
+    let expected_sha256 = generate_file(&source, size);
+
+    let mut session = Session::new(
+        harness.server.channel().await,
+        Input::scripted(Vec::<String>::new()),
+        Interrupts::none(),
+        Vec::new(),
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(300), session.upload(&source, None))
+        .await
+        .expect("upload in time")
+        .expect("upload");
+    assert!(answer.success);
+    assert_eq!(answer.message, "File big.bin uploaded successfully");
+    assert_eq!(
+        answer.file_path,
+        harness.upload_dir().join("big.bin").display().to_string()
+    );
+    assert_eq!(answer.bytes_written, size as u64);
+    assert_eq!(answer.sha256, expected_sha256);
+    let stored = harness.upload_dir().join("big.bin");
+    assert!(same_content(&source, &stored), "stored bytes differ");
+    let printed = String::from_utf8(session.into_output()).expect("utf-8");
+    assert!(
+        printed.contains(&format!(
+            "Checksum OK: {size} bytes, SHA-256 {expected_sha256} matches the local file"
+        )),
+        "{printed}"
+    );
+    settle(&harness.activity.uploads, 0).await;
+    assert_eq!(files_under(&harness.upload_dir()), ["big.bin"]);
+}
+
+/// A client that cancels mid-upload, or ends its stream without a last chunk, leaves no
+/// file at all: neither the final name nor a temporary file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_uploads_leave_nothing() {
+    let harness = Harness::start().await;
+    let block = vec![7u8; 1024 * 1024];
+
+    // Cancelled: the call is dropped while chunks are still coming.
+    let mut client = harness.client().await;
+    let (chunks, receiver) = mpsc::channel(4);
+    let call = tokio::spawn(async move {
+        client
+            .stream_upload_file(ReceiverStream::new(receiver))
+            .await
+    });
+    for _ in 0..3 {
+        chunks
+            .send(chunk("cancelled.bin", &block, false))
+            .await
+            .expect("send");
+    }
+    settle(&harness.activity.uploads, 1).await;
+    call.abort();
+    settle(&harness.activity.uploads, 0).await;
+    assert!(
+        files_under(&harness.upload_dir()).is_empty(),
+        "{:?}",
+        files_under(&harness.upload_dir())
+    );
+
+    // Ended without is_last_chunk: refused, nothing stored.
+    let mut client = harness.client().await;
+    let status = upload(
+        &mut client,
+        vec![
+            chunk("unfinished.bin", &block, false),
+            chunk("unfinished.bin", &block, false),
+        ],
+    )
+    .await
+    .expect_err("incomplete");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("without a chunk with is_last_chunk=true"),
+        "{}",
+        status.message()
+    );
+    settle(&harness.activity.uploads, 0).await;
+    assert!(files_under(&harness.upload_dir()).is_empty());
+}
+
+/// Hostile names are reduced to their base name inside the folder; names with nothing
+/// usable left are INVALID_ARGUMENT and store nothing.
+#[tokio::test]
+async fn traversal_names_stay_inside_the_folder() {
+    let harness = Harness::start().await;
+    let mut client = harness.client().await;
+    for (raw, stored) in [
+        ("../../escape1", "escape1"),
+        ("/etc/escape2", "escape2"),
+        (r"a\..\escape3", "escape3"),
+    ] {
+        let answer = upload(&mut client, vec![chunk(raw, b"x", true)])
+            .await
+            .expect(raw);
+        assert_eq!(
+            answer.message,
+            format!("File {stored} uploaded successfully")
+        );
+    }
+    for raw in ["", ".", "..", "dir/", "a\0b", ".partial-x"] {
+        let status = upload(&mut client, vec![chunk(raw, b"x", true)])
+            .await
+            .expect_err(raw);
+        assert_eq!(status.code(), Code::InvalidArgument, "{raw:?}: {status:?}");
+        assert!(
+            status.message().contains("file name"),
+            "{}",
+            status.message()
+        );
+    }
+    settle(&harness.activity.uploads, 0).await;
+    assert_eq!(
+        files_under(harness.dir.path()),
+        ["streamed/escape1", "streamed/escape2", "streamed/escape3"]
+    );
+}
+
+/// A later chunk naming another file is INVALID_ARGUMENT; repeating the name or leaving it
+/// empty is fine.
+#[tokio::test]
+async fn later_chunk_naming_another_file_is_refused() {
+    let harness = Harness::start().await;
+    let mut client = harness.client().await;
+    let status = upload(
+        &mut client,
+        vec![
+            chunk("one.txt", b"a", false),
+            chunk("one.txt", b"b", false),
+            chunk("two.txt", b"c", true),
+        ],
+    )
+    .await
+    .expect_err("renamed");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "chunk 3 names file \"two.txt\", but this upload is for \"one.txt\""
+    );
+    let answer = upload(
+        &mut client,
+        vec![
+            chunk("one.txt", b"a", false),
+            chunk("", b"b", false),
+            chunk("one.txt", b"c", true),
+        ],
+    )
+    .await
+    .expect("same name");
+    assert_eq!(answer.bytes_written, 3);
+    settle(&harness.activity.uploads, 0).await;
+    assert_eq!(files_under(&harness.upload_dir()), ["one.txt"]);
+}
+
+/// Declared size or digest that the content does not match is INVALID_ARGUMENT; sizes
+/// over the limit, declared or sent, are RESOURCE_EXHAUSTED; none leaves a file.
+#[tokio::test]
+async fn declarations_and_limits_are_enforced() {
+    let harness = Harness::start_with(|config| config.max_upload_size = 1000).await;
+    let mut client = harness.client().await;
+    let declared = |size: u64, sha256: String, data: &[u8]| {
+        let mut first = chunk("d.bin", data, false);
+        first.total_size = Some(size);
+        first.sha256 = Some(sha256);
+        vec![first, chunk("d.bin", b"", true)]
+    };
+    let content = b"declared content";
+    let good = sha256_hex(content);
+    let answer = upload(&mut client, declared(16, good.clone(), content))
+        .await
+        .expect("matching declarations");
+    assert_eq!(
+        (answer.bytes_written, answer.sha256.as_str()),
+        (16, good.as_str())
+    );
+    std::fs::remove_file(harness.upload_dir().join("d.bin")).expect("cleanup");
+
+    for (chunks, code, message_start) in [
+        (
+            declared(17, good.clone(), content),
+            Code::InvalidArgument,
+            "declared total_size is 17 bytes but 16 bytes were sent",
+        ),
+        (
+            declared(16, sha256_hex(b"something else"), content),
+            Code::InvalidArgument,
+            "declared sha256 is",
+        ),
+        (
+            declared(5000, good.clone(), content),
+            Code::ResourceExhausted,
+            "declared total_size is 5000 bytes; the limit is 1000 bytes",
+        ),
+        (
+            vec![
+                chunk("d.bin", &[1; 600], false),
+                chunk("d.bin", &[1; 600], true),
+            ],
+            Code::ResourceExhausted,
+            "the upload exceeds the limit of 1000 bytes",
+        ),
+    ] {
+        let status = upload(&mut client, chunks).await.expect_err("refused");
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(
+            status.message().starts_with(message_start),
+            "{}",
+            status.message()
+        );
+    }
+    settle(&harness.activity.uploads, 0).await;
+    assert!(files_under(&harness.upload_dir()).is_empty());
+}
+
+/// Chunks past tonic's 4 MiB default are accepted; one past the server's decode limit is
+/// RESOURCE_EXHAUSTED, and nothing of it is stored.
+#[tokio::test]
+async fn large_chunks_are_accepted_up_to_the_decode_limit() {
+    let harness = Harness::start().await;
+    let mut client = harness.client().await;
+    let five_mib = vec![5u8; 5 * 1024 * 1024];
+    let answer = upload(&mut client, vec![chunk("five.bin", &five_mib, true)])
+        .await
+        .expect("5 MiB chunk");
+    assert_eq!(answer.bytes_written, five_mib.len() as u64);
+
+    let too_big = vec![9u8; streaming_service::MAX_MESSAGE_SIZE + 1];
+    let status = upload(&mut client, vec![chunk("huge.bin", &too_big, true)])
+        .await
+        .expect_err("over the decode limit");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    settle(&harness.activity.uploads, 0).await;
+    assert_eq!(files_under(&harness.upload_dir()), ["five.bin"]);
+}
+
+/// Concurrent uploads of one name never interleave: the file is one complete upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_same_name_uploads_never_interleave() {
+    let harness = Harness::start().await;
+    let mut uploads = Vec::new();
+    for writer in 0..6u8 {
+        let mut client = harness.client().await;
+        uploads.push(tokio::spawn(async move {
+            let block = vec![writer; 256 * 1024];
+            let mut chunks: Vec<_> = (0..8).map(|_| chunk("shared.bin", &block, false)).collect();
+            chunks.push(chunk("shared.bin", b"", true));
+            upload(&mut client, chunks).await
+        }));
+    }
+    for task in uploads {
+        let answer = task.await.expect("task").expect("upload");
+        assert_eq!(answer.bytes_written, 2 * 1024 * 1024);
+    }
+    let stored = std::fs::read(harness.upload_dir().join("shared.bin")).expect("stored");
+    assert_eq!(stored.len(), 2 * 1024 * 1024);
+    assert!(
+        stored.iter().all(|&byte| byte == stored[0]),
+        "content from two uploads interleaved"
+    );
+    settle(&harness.activity.uploads, 0).await;
+    assert_eq!(files_under(&harness.upload_dir()), ["shared.bin"]);
+}
+
+/// One chat member as a test drives it.
+struct Member {
+    outgoing: Option<mpsc::Sender<pb::ChatMessage>>,
+    incoming: Streaming<pb::ChatMessage>,
+}
+
+impl Member {
+    async fn join(channel: Channel) -> Self {
+        let (outgoing, receiver) = mpsc::channel(64);
+        let mut client = StreamingServiceClient::new(channel).max_decoding_message_size(usize::MAX);
+        let incoming =
+            tokio::time::timeout(TIMEOUT, client.chat_stream(ReceiverStream::new(receiver)))
+                .await
+                .expect("joined in time")
+                .expect("joined")
+                .into_inner();
+        Self {
+            outgoing: Some(outgoing),
+            incoming,
+        }
+    }
+
+    async fn say(&self, text: &str) {
+        let message = pb::ChatMessage {
+            sender: "me, not Client(N)".into(),
+            message: text.into(),
+            timestamp: "01:02:03".into(),
+        };
+        self.outgoing
+            .as_ref()
+            .expect("still talking")
+            .send(message)
+            .await
+            .expect("send");
+    }
+
+    /// The next message as `sender: text`.
+    async fn next(&mut self) -> String {
+        let message = tokio::time::timeout(TIMEOUT, self.incoming.message())
+            .await
+            .expect("a message in time")
+            .expect("stream ok")
+            .expect("stream still open");
+        format!("{}: {}", message.sender, message.message)
+    }
+
+    /// How the stream ends, after skipping whatever messages come first.
+    async fn end(&mut self) -> Result<(), tonic::Status> {
+        loop {
+            match tokio::time::timeout(TIMEOUT, self.incoming.message())
+                .await
+                .expect("the stream ends in time")
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(status),
+            }
+        }
+    }
+}
+
+/// Three clients: numbered in order of joining, joins reach everyone (the newcomer too),
+/// every message reaches everyone with the sender overwritten and the timestamp kept, in
+/// one order; leaving by quitting or by cancelling is announced to the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_with_three_clients() {
+    let harness = Harness::start().await;
+    let mut one = Member::join(harness.server.channel().await).await;
+    assert_eq!(one.next().await, "System: Client(1) has joined the chat");
+    let mut two = Member::join(harness.server.channel().await).await;
+    assert_eq!(one.next().await, "System: Client(2) has joined the chat");
+    assert_eq!(two.next().await, "System: Client(2) has joined the chat");
+    let mut three = Member::join(harness.server.channel().await).await;
+    for member in [&mut one, &mut two, &mut three] {
+        assert_eq!(member.next().await, "System: Client(3) has joined the chat");
+    }
+
+    // Everyone talks at once; everyone sees all fifteen messages in the same order.
+    let per_member = 5;
+    for round in 0..per_member {
+        for (name, member) in [("one", &one), ("two", &two), ("three", &three)] {
+            member.say(&format!("{name} {round}")).await;
+        }
+    }
+    let mut seen = Vec::new();
+    for member in [&mut one, &mut two, &mut three] {
+        let mut lines = Vec::new();
+        for _ in 0..3 * per_member {
+            lines.push(member.next().await);
+        }
+        seen.push(lines);
+    }
+    assert_eq!(seen[0], seen[1], "one order for everyone");
+    assert_eq!(seen[0], seen[2], "one order for everyone");
+    for round in 0..per_member {
+        for (number, name) in [(1, "one"), (2, "two"), (3, "three")] {
+            assert!(
+                seen[0].contains(&format!("Client({number}): {name} {round}")),
+                "{:?}",
+                seen[0]
+            );
+        }
+    }
+
+    // The client's timestamp is kept.
+    one.say("stamped").await;
+    let stamped = tokio::time::timeout(TIMEOUT, two.incoming.message())
+        .await
+        .expect("in time")
+        .expect("ok")
+        .expect("message");
+    assert_eq!(
+        (stamped.sender.as_str(), stamped.timestamp.as_str()),
+        ("Client(1)", "01:02:03")
+    );
+    assert_eq!(one.next().await, "Client(1): stamped");
+    assert_eq!(three.next().await, "Client(1): stamped");
+
+    // Client(3) quits: its stream ends cleanly; the others are told.
+    three.outgoing = None;
+    three.end().await.expect("a clean end after quitting");
+    assert_eq!(one.next().await, "System: Client(3) has left the chat");
+    assert_eq!(two.next().await, "System: Client(3) has left the chat");
+
+    // Client(2) cancels its call.
+    drop(two);
+    assert_eq!(one.next().await, "System: Client(2) has left the chat");
+    settle(&harness.activity.chat_members, 1).await;
+
+    // Numbers are never reused.
+    let mut four = Member::join(harness.server.channel().await).await;
+    assert_eq!(four.next().await, "System: Client(4) has joined the chat");
+    assert_eq!(one.next().await, "System: Client(4) has joined the chat");
+}
+
+/// A client that never reads does not hold up the others; once its queue is full it is
+/// cut off with RESOURCE_EXHAUSTED, and the others see it leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_chat_client_is_cut_off_without_delaying_others() {
+    let harness = Harness::start_with(|config| {
+        config.chat_queue_capacity = NonZeroUsize::new(8).expect("non-zero");
+    })
+    .await;
+    let mut talker = Member::join(harness.server.channel().await).await;
+    assert_eq!(talker.next().await, "System: Client(1) has joined the chat");
+    // Its own connection: a stuck stream fills its connection's flow-control window.
+    let mut stuck = Member::join(harness.server.channel().await).await;
+    assert_eq!(talker.next().await, "System: Client(2) has joined the chat");
+
+    // Enough to fill the transport's buffers (a few MiB) and then the queue of 8.
+    let text = "x".repeat(32 * 1024);
+    let mut saw_leave = false;
+    for _ in 0..400 {
+        talker.say(&text).await;
+        // Each message comes straight back to the talker: nobody waits for the stuck one.
+        loop {
+            let line = talker.next().await;
+            if line == "System: Client(2) has left the chat" {
+                saw_leave = true;
+                continue;
+            }
+            assert!(line.starts_with("Client(1): xxx"), "{line:.40}");
+            break;
+        }
+        if saw_leave {
+            break;
+        }
+    }
+    assert!(saw_leave, "the stuck client was never cut off");
+    let status = stuck.end().await.expect_err("cut off");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(
+        status.message().starts_with("you fell too far behind"),
+        "{}",
+        status.message()
+    );
+    settle(&harness.activity.chat_members, 1).await;
+}
+
+/// An over-long chat message ends that client's stream with INVALID_ARGUMENT naming the
+/// limit; the others see it leave and carry on.
+#[tokio::test]
+async fn over_long_chat_message_is_refused() {
+    let harness = Harness::start_with(|config| config.max_chat_message_size = 100).await;
+    let mut one = Member::join(harness.server.channel().await).await;
+    let mut two = Member::join(harness.server.channel().await).await;
+    one.next().await;
+    one.next().await;
+    two.next().await;
+    two.say(&"y".repeat(101)).await;
+    let status = two.end().await.expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "chat message is 101 bytes; the limit is 100 bytes"
+    );
+    assert_eq!(one.next().await, "System: Client(2) has left the chat");
+    one.say(&"z".repeat(100)).await;
+    assert_eq!(one.next().await, format!("Client(1): {}", "z".repeat(100)));
+}
+
+/// On shutdown every chat client is told and its stream ends cleanly; the server stops.
+#[tokio::test]
+async fn shutdown_tells_chat_clients() {
+    let harness = Harness::start().await;
+    let mut one = Member::join(harness.server.channel().await).await;
+    let mut two = Member::join(harness.server.channel().await).await;
+    one.next().await;
+    one.next().await;
+    two.next().await;
+    let activity = harness.activity.clone();
+    harness.server.stop().await.expect("clean stop");
+    for member in [&mut one, &mut two] {
+        assert_eq!(member.next().await, "System: Server is shutting down");
+        member.end().await.expect("a clean end");
+    }
+    assert_eq!(activity.chat_members.get(), 0);
+}
+
+/// The client library's full flow with scripted input: N time updates, the prompt answered
+/// with a path, then chat lines and `quit`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_flow_with_scripted_input() {
+    let harness = Harness::start().await;
+    let source = harness.dir.path().join("notes.txt");
+    std::fs::write(&source, "some notes").expect("write");
+    let input = Input::scripted([
+        format!("  {}  ", source.display()),
+        "hello everyone".to_owned(),
+        String::new(),
+        "quit".to_owned(),
+        "never sent".to_owned(),
+    ]);
+    let mut session = Session::new(
+        harness.server.channel().await,
+        input,
+        Interrupts::none(),
+        Vec::new(),
+    );
+    let flow = FlowOptions {
+        time_updates: Some(2),
+        ..FlowOptions::default()
+    };
+    tokio::time::timeout(TIMEOUT, session.run(None, &flow))
+        .await
+        .expect("in time")
+        .expect("flow");
+    let printed = String::from_utf8(session.into_output()).expect("utf-8");
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines[0], "--- Server time (2 updates) ---");
+    assert!(lines[1].starts_with("Server time: 20"), "{printed}");
+    assert!(lines[2].starts_with("Server time: 20"), "{printed}");
+    assert_eq!(lines[3], "--- File upload ---");
+    let stored = harness.upload_dir().join("notes.txt");
+    assert_eq!(
+        lines[4],
+        format!(
+            "{}File notes.txt uploaded successfully ({})",
+            streaming_service::client::UPLOAD_PROMPT,
+            stored.display()
+        )
+    );
+    assert_eq!(
+        lines[5],
+        format!(
+            "Checksum OK: 10 bytes, SHA-256 {} matches the local file",
+            sha256_hex(b"some notes")
+        )
+    );
+    assert!(lines[6].starts_with("--- Chat"), "{printed}");
+    assert!(
+        lines[7].ends_with("] Client(1) has joined the chat"),
+        "{printed}"
+    );
+    assert!(
+        lines[8].ends_with("] Client(1): hello everyone"),
+        "{printed}"
+    );
+    assert_eq!(lines.len(), 9, "{printed}");
+    assert_eq!(std::fs::read(stored).expect("stored"), b"some notes");
+}
+
+/// Spawns `streaming_client ARGS` with piped stdin/stdout; its stdout is collected by a
+/// thread and can be waited on line by line.
+struct ClientProcess {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    printed: Vec<String>,
+}
+
+impl ClientProcess {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(cargo_bin("streaming_client"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("client starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            printed: Vec::new(),
+        }
+    }
+
+    /// Waits for a stdout line ending with `suffix`.
+    fn wait_for_line(&mut self, suffix: &str) {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.ends_with(suffix);
+                    self.printed.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no line ending {suffix:?}; printed {:?}", self.printed);
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "client did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ClientProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The binaries as a user runs them: startup lines; `chat` driven by piped stdin; the full
+/// flow with flags; a chat client still connected at SIGTERM is told and exits 0, and so
+/// does the server.
+#[test]
+fn binaries_with_piped_stdin_and_graceful_stop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upload_dir = dir.path().join("streamed");
+    let mut server = ServerProcess::start(
+        cargo_bin("streaming_server"),
+        &["--dir", upload_dir.to_str().expect("utf-8")],
+    )
+    .expect("server starts");
+    assert!(server.stdout().contains(&format!(
+        "Streaming Service started on port {}",
+        server.port
+    )));
+    let absolute = std::fs::canonicalize(&upload_dir).expect("canonical");
+    server
+        .wait_for_stdout(&format!("Files will be stored in: {}", absolute.display()))
+        .expect("folder line");
+    let url = server.url();
+    let client = || {
+        let mut command = assert_cmd::Command::new(cargo_bin("streaming_client"));
+        command.args(["--server", &url]).timeout(TIMEOUT);
+        command
+    };
+
+    let chat = client()
+        .arg("chat")
+        .write_stdin("hello from a pipe\nquit\n")
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&chat.get_output().stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].ends_with("] Client(1) has joined the chat"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].ends_with("] Client(1): hello from a pipe"),
+        "{stdout}"
+    );
+    let stamp = &lines[0][1..9];
+    chrono::NaiveTime::parse_from_str(stamp, "%H:%M:%S").expect("[HH:MM:SS] prefix");
+
+    // The full flow, every step scripted: end of input leaves the chat.
+    let source = dir.path().join("flow.txt");
+    std::fs::write(&source, "flow content").expect("write");
+    let flow = client()
+        .args([
+            "--time-updates",
+            "1",
+            "--upload",
+            source.to_str().expect("utf-8"),
+        ])
+        .write_stdin("bye\n")
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&flow.get_output().stdout).into_owned();
+    assert!(stdout.contains("Server time: 20"), "{stdout}");
+    assert!(
+        stdout.contains("File flow.txt uploaded successfully"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Checksum OK: 12 bytes"), "{stdout}");
+    assert!(stdout.contains("] Client(2): bye"), "{stdout}");
+    assert_eq!(
+        std::fs::read_to_string(upload_dir.join("flow.txt")).expect("stored"),
+        "flow content"
+    );
+    client()
+        .args(["--skip-upload", "time"])
+        .assert()
+        .failure()
+        .code(1);
+
+    // A chat client that never ends its input is told of the shutdown and exits 0.
+    let mut listener = ClientProcess::start(&["--server", &url, "chat"]);
+    listener.wait_for_line("] Client(3) has joined the chat");
+    server.signal("TERM").expect("SIGTERM");
+    listener.wait_for_line("] Server is shutting down");
+    assert!(listener.wait().success());
+    let status = server.wait(TIMEOUT).expect("server exits after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}
+
+/// A chat client whose process dies (its connection dropped) is announced as leaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_chat_client_is_announced_as_leaving() {
+    let harness = Harness::start().await;
+    let mut watcher = Member::join(harness.server.channel().await).await;
+    assert_eq!(
+        watcher.next().await,
+        "System: Client(1) has joined the chat"
+    );
+    let url = harness.server.url();
+    let mut doomed = tokio::task::spawn_blocking(move || {
+        let mut doomed = ClientProcess::start(&["--server", &url, "chat"]);
+        doomed.wait_for_line("] Client(2) has joined the chat");
+        doomed
+    })
+    .await
+    .expect("client joined");
+    assert_eq!(
+        watcher.next().await,
+        "System: Client(2) has joined the chat"
+    );
+    doomed.child.kill().expect("SIGKILL");
+    assert_eq!(watcher.next().await, "System: Client(2) has left the chat");
+    tokio::task::spawn_blocking(move || drop(doomed))
+        .await
+        .expect("reaped");
+}
+
+/// With no server listening, the client says so in one line and exits 1.
+#[test]
+fn client_with_server_down_exits_one() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    drop(listener);
+    let assert = assert_cmd::Command::new(cargo_bin("streaming_client"))
+        .args(["--server", &url, "time", "--count", "1"])
+        .timeout(TIMEOUT)
+        .assert()
+        .failure()
+        .code(1);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: cannot reach the server at {url}")),
+        "{stderr}"
+    );
+}
+
+/// A Python grpcio client generated from protos/ uses all three methods as the old client
+/// did: time updates, a chunked upload ending with an empty last chunk, and a chat.
+#[test]
+fn python_client_uses_all_three_methods() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upload_dir = dir.path().join("streamed");
+    let server = ServerProcess::start(
+        cargo_bin("streaming_server"),
+        &["--dir", upload_dir.to_str().expect("utf-8")],
+    )
+    .expect("server starts");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/streaming_client.py");
+    let target = format!("127.0.0.1:{}", server.port);
+    testkit::run_python(&script, &[&target, upload_dir.to_str().expect("utf-8")])
+        .expect("python client passes");
+}
