@@ -180,8 +180,12 @@ pub struct Membership {
     number: u64,
     name: String,
     mailbox: Arc<Mailbox>,
+    /// The mailbox has one reader: a second [`Membership::outbound`] gets an ended stream.
     outbound_taken: bool,
+    /// Set by the first [`Membership::leave`], so the explicit leave and the one on drop
+    /// announce the leaving once.
     left: bool,
+    /// Counts this member in the service's gauge until the membership is dropped.
     _counted: GaugeGuard,
 }
 

@@ -316,15 +316,17 @@ impl<W: Write> Session<W> {
             .client
             .stream_upload_file(ReceiverStream::new(receiver));
         let answer = tokio::select! {
-            answer = call => answer,
-            () = self.interrupts.next() => {
-                reader.abort();
-                anyhow::bail!("upload interrupted; the server keeps nothing of it");
-            }
+            answer = call => Some(answer),
+            () = self.interrupts.next() => None,
         };
         if let Some(bar) = &bar {
             bar.finish_and_clear();
         }
+        let Some(answer) = answer else {
+            // Dropping the call cancels it; the server discards what it received.
+            reader.abort();
+            anyhow::bail!("upload interrupted; the server keeps nothing of it");
+        };
         // A local read failure explains the server's answer (an aborted upload), so it
         // comes first.
         reader

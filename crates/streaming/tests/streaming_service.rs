@@ -848,13 +848,13 @@ impl ClientProcess {
         }
     }
 
-    /// Waits for a stdout line ending with `suffix`.
-    fn wait_for_line(&mut self, suffix: &str) {
+    /// Waits for a stdout line containing `needle`.
+    fn wait_for_line(&mut self, needle: &str) {
         let deadline = std::time::Instant::now() + TIMEOUT;
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    let found = line.ends_with(suffix);
+                    let found = line.contains(needle);
                     self.printed.push(line);
                     if found {
                         return;
@@ -863,7 +863,7 @@ impl ClientProcess {
                 Err(_) => break,
             }
         }
-        panic!("no line ending {suffix:?}; printed {:?}", self.printed);
+        panic!("no line containing {needle:?}; printed {:?}", self.printed);
     }
 
     fn wait(&mut self) -> std::process::ExitStatus {
@@ -972,10 +972,26 @@ fn binaries_with_piped_stdin_and_graceful_stop() {
     assert!(status.success(), "exit status {status}");
 }
 
-/// A chat client whose process dies (its connection dropped) is announced as leaving.
+/// A client process that dies (its connection dropped) stops its time stream on the
+/// server, and a chat client killed that way is announced as leaving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_chat_client_is_announced_as_leaving() {
+async fn killed_clients_end_their_streams() {
     let harness = Harness::start().await;
+    let url = harness.server.url();
+    let mut timer = tokio::task::spawn_blocking(move || {
+        let mut timer = ClientProcess::start(&["--server", &url, "time"]);
+        timer.wait_for_line("Server time: ");
+        timer
+    })
+    .await
+    .expect("time stream started");
+    settle(&harness.activity.time_streams, 1).await;
+    timer.child.kill().expect("SIGKILL");
+    settle(&harness.activity.time_streams, 0).await;
+    tokio::task::spawn_blocking(move || drop(timer))
+        .await
+        .expect("reaped");
+
     let mut watcher = Member::join(harness.server.channel().await).await;
     assert_eq!(
         watcher.next().await,
