@@ -39,7 +39,7 @@ const CHUNKS_AHEAD: usize = 2;
 /// One step of the streaming client.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
-    /// Prints the server's time once a second, until Ctrl+C or COUNT updates.
+    /// Prints the server's time once a second, until Ctrl+C or N updates.
     Time {
         /// Stop after this many updates.
         #[arg(long, value_name = "N")]

@@ -9,7 +9,7 @@ use streaming_service::client::{Command, FlowOptions, Input, Interrupts, Session
 /// Calls the streaming service; with no command, runs time updates (until Ctrl+C), an
 /// upload (asked for at a prompt) and the chat, as the old client did.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// The streaming server's URL.
     #[arg(

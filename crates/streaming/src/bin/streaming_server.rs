@@ -8,7 +8,7 @@ use clap::Parser;
 
 /// Serves the streaming service: a time stream, chunked uploads and a chat room.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "STREAMING_SERVICE_ADDR", default_value = "[::]:50053")]
