@@ -1,0 +1,158 @@
+//! `grpc_bench`: measure the services (`run`), or serve one of them for a measuring parent
+//! (`serve`, hidden). See the `bench` library.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use bench::{RunOptions, Scenario, Settings, servers::ServerKind};
+use clap::{Parser, Subcommand};
+
+/// Load generator for the gRPC services: throughput, latency, startup time and memory.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure scenarios; prints `scenario=<name> key=value …` lines and a summary table.
+    Run(RunArgs),
+    /// Serve one server on --addr for a measuring `run` (prints `... started on port N`).
+    #[command(hide = true)]
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// A scenario to measure (repeatable); default: all of them.
+    #[arg(long = "scenario", value_enum)]
+    scenarios: Vec<Scenario>,
+    /// Every scenario for about a second with small sizes (for CI); other size flags
+    /// still override.
+    #[arg(long)]
+    smoke: bool,
+    /// Seconds each timed phase measures (SayHello, logger, logins).
+    #[arg(long, env = "GRPC_BENCH_DURATION")]
+    duration: Option<f64>,
+    /// How many times to measure each scenario; the medians are reported.
+    #[arg(long, env = "GRPC_BENCH_REPEAT", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
+    /// Calls in flight at once (SayHello, logger, logouts).
+    #[arg(long, env = "GRPC_BENCH_CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// HTTP/2 connections those calls share.
+    #[arg(long, env = "GRPC_BENCH_CONNECTIONS")]
+    connections: Option<usize>,
+    /// Upload size in MiB.
+    #[arg(long, env = "GRPC_BENCH_UPLOAD_MIB")]
+    upload_mib: Option<u64>,
+    /// Upload chunk size in KiB.
+    #[arg(long, env = "GRPC_BENCH_CHUNK_KIB")]
+    chunk_kib: Option<usize>,
+    /// Numbers in the random stream.
+    #[arg(long, env = "GRPC_BENCH_RANDOM_COUNT")]
+    random_count: Option<u32>,
+    /// Chat clients in the fan-out (K).
+    #[arg(long, env = "GRPC_BENCH_CHAT_CLIENTS")]
+    chat_clients: Option<usize>,
+    /// Messages each chat client sends (M).
+    #[arg(long, env = "GRPC_BENCH_CHAT_MESSAGES")]
+    chat_messages: Option<usize>,
+    /// Chat clients joining at once in the join phase.
+    #[arg(long, env = "GRPC_BENCH_CHAT_JOINS")]
+    chat_joins: Option<usize>,
+    /// Sessions opened then closed to measure logouts/s.
+    #[arg(long, env = "GRPC_BENCH_LOGOUT_SESSIONS")]
+    logout_sessions: Option<usize>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Which server.
+    #[arg(value_enum)]
+    kind: ServerKind,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    addr: SocketAddr,
+    /// Folder for the server's data (uploads, databases, outbox).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The logger the auth server delivers audit events to.
+    #[arg(long)]
+    logger_url: Option<String>,
+    /// The auth server's users file.
+    #[arg(long)]
+    users: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match args.command {
+        Command::Run(run) => {
+            grpc_suite::cli::init_tracing("warn");
+            grpc_suite::cli::exit_code(measure(run).await)
+        }
+        Command::Serve(serve) => {
+            // As each server's own binary does; the bare reference has no tracing at all.
+            if serve.kind.traces() {
+                grpc_suite::cli::init_tracing("info");
+            }
+            let options = bench::servers::ServeOptions {
+                data_dir: serve.data_dir,
+                logger_url: serve.logger_url,
+                users: serve.users,
+            };
+            grpc_suite::cli::exit_code(
+                bench::servers::serve_main(serve.kind, serve.addr, options).await,
+            )
+        }
+    }
+}
+
+async fn measure(args: RunArgs) -> anyhow::Result<()> {
+    let mut settings = if args.smoke {
+        Settings::smoke()
+    } else {
+        Settings::full(Duration::from_secs(5))
+    };
+    if let Some(seconds) = args.duration {
+        anyhow::ensure!(seconds > 0.0, "--duration must be positive");
+        settings.duration = Duration::from_secs_f64(seconds);
+    }
+    settings.concurrency = args.concurrency.unwrap_or(settings.concurrency);
+    settings.connections = args.connections.unwrap_or(settings.connections);
+    if let Some(mib) = args.upload_mib {
+        settings.upload_bytes = mib << 20;
+    }
+    if let Some(kib) = args.chunk_kib {
+        settings.chunk_bytes = kib << 10;
+    }
+    settings.random_count = args.random_count.unwrap_or(settings.random_count);
+    settings.chat_clients = args.chat_clients.unwrap_or(settings.chat_clients);
+    settings.chat_messages = args.chat_messages.unwrap_or(settings.chat_messages);
+    settings.chat_joins = args.chat_joins.unwrap_or(settings.chat_joins);
+    settings.logout_sessions = args.logout_sessions.unwrap_or(settings.logout_sessions);
+    let scenarios = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenarios
+    };
+    let options = RunOptions {
+        scenarios,
+        settings,
+        repeat: args.repeat as usize,
+    };
+    bench::run(&options, &mut std::io::stdout().lock()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The flag definitions are consistent (clap checks names, defaults, env vars).
+    #[test]
+    fn args_are_well_formed() {
+        <super::Args as clap::CommandFactory>::command().debug_assert();
+    }
+}

@@ -1,0 +1,297 @@
+//! The chat room under load, in two phases, each on a fresh server:
+//!
+//! - **Fan-out**: K clients (one connection each) join, then each sends M messages. Every
+//!   message is delivered to all K members (the sender too), so K×K×M deliveries. Each
+//!   client keeps one message in flight: it sends the next when its previous one comes
+//!   back, so at most K messages wait in any member's queue (the server cuts off a member
+//!   256 behind) and the latency measured is the room's, not a queue the bench built up.
+//!   A message carries its send time (nanoseconds since a shared start), so every
+//!   delivery's send-to-receive latency is known.
+//! - **Joins**: N clients connect and join at once; the time until each has seen its own
+//!   join announcement is the join time. Once every announcement has been read the server's
+//!   memory is sampled: its growth over N is the memory per connected client.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use grpc_suite::streaming as pb;
+use pb::streaming_service_client::StreamingServiceClient;
+use tokio::sync::{Barrier, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use super::{CALL_TIMEOUT, Context, add_server_figures, connect};
+use crate::{
+    process::{ServerProcess, mib},
+    report::Measurement,
+    servers::ServerKind,
+    stats::{Latencies, per_second},
+};
+
+/// The sender name of the server's announcements.
+const SYSTEM: &str = "System";
+
+/// How a join announcement ends.
+const JOINED: &str = " has joined the chat";
+
+/// Runs the fan-out phase, then the join phase.
+pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
+    let settings = context.settings;
+    let mut measurement = Measurement::new("chat");
+    measurement
+        .set("clients", settings.chat_clients as f64)
+        .set("messages", settings.chat_messages as f64);
+
+    let server =
+        ServerProcess::start(ServerKind::Streaming, &context.server_dir("fanout"), &[]).await?;
+    let fan_out = fan_out(&server.url(), settings.chat_clients, settings.chat_messages).await;
+    let peak_fan_out = server.memory()?.peak_kib;
+    server.stop().await;
+    let mut fan_out = fan_out?;
+    measurement
+        .set(
+            "deliveries_per_s",
+            per_second(fan_out.deliveries, fan_out.elapsed),
+        )
+        .set("p50_ms", fan_out.latencies.quantile_us(0.50) / 1e3)
+        .set("p99_ms", fan_out.latencies.quantile_us(0.99) / 1e3)
+        .set("fanout_peak_rss_mib", mib(peak_fan_out));
+
+    let server =
+        ServerProcess::start(ServerKind::Streaming, &context.server_dir("joins"), &[]).await?;
+    let joined = joins(&server, settings.chat_joins).await;
+    add_server_figures(&mut measurement, "", &server)?;
+    server.stop().await;
+    let joined = joined?;
+    measurement
+        .set("joins", settings.chat_joins as f64)
+        .set("join_ms", joined.elapsed.as_secs_f64() * 1e3)
+        .set(
+            "rss_per_client_kib",
+            joined.growth_kib / settings.chat_joins.max(1) as f64,
+        );
+    Ok(measurement)
+}
+
+/// What the fan-out phase measured.
+struct FanOut {
+    deliveries: u64,
+    elapsed: Duration,
+    latencies: Latencies,
+}
+
+/// One connected chat member, as the bench holds it.
+struct Member {
+    /// `Client(N)`, from the first message the member receives: its own announcement.
+    name: String,
+    outgoing: mpsc::Sender<pb::ChatMessage>,
+    incoming: Streaming<pb::ChatMessage>,
+}
+
+/// Connects (its own connection) and joins; returns once the own announcement arrived.
+async fn join(url: &str, queue: usize) -> anyhow::Result<Member> {
+    let mut client = StreamingServiceClient::new(connect(url).await?);
+    let (outgoing, requests) = mpsc::channel(queue.max(1));
+    let mut incoming = tokio::time::timeout(
+        CALL_TIMEOUT,
+        client.chat_stream(ReceiverStream::new(requests)),
+    )
+    .await
+    .context("ChatStream did not answer")?
+    .context("ChatStream")?
+    .into_inner();
+    let first = next_message(&mut incoming)
+        .await?
+        .context("the chat ended before announcing the join")?;
+    let name = first
+        .message
+        .strip_suffix(JOINED)
+        .filter(|_| first.sender == SYSTEM)
+        .with_context(|| format!("expected a join announcement first, got {first:?}"))?
+        .to_owned();
+    Ok(Member {
+        name,
+        outgoing,
+        incoming,
+    })
+}
+
+async fn next_message(
+    incoming: &mut Streaming<pb::ChatMessage>,
+) -> anyhow::Result<Option<pb::ChatMessage>> {
+    tokio::time::timeout(CALL_TIMEOUT, incoming.message())
+        .await
+        .context("no chat message within 30 s")?
+        .context("reading the chat stream")
+}
+
+async fn fan_out(url: &str, clients: usize, messages: usize) -> anyhow::Result<FanOut> {
+    let mut members = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        members.push(join(url, messages + 1).await?);
+    }
+    let expected = (clients * messages) as u64;
+    let epoch = Instant::now();
+    // Everyone has joined; the last one through the barrier starts the clock.
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for member in members {
+        let barrier = Arc::clone(&barrier);
+        tasks.spawn(async move {
+            barrier.wait().await;
+            run_member(member, messages, expected, epoch).await
+        });
+    }
+    barrier.wait().await;
+    let started = Instant::now();
+    let mut latencies = Latencies::with_capacity(clients * clients * messages);
+    let mut deliveries = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let member_latencies = joined.context("a chat client panicked")??;
+        deliveries += member_latencies.len() as u64;
+        latencies.merge(member_latencies);
+    }
+    Ok(FanOut {
+        deliveries,
+        elapsed: started.elapsed(),
+        latencies,
+    })
+}
+
+/// Sends `messages` messages one in flight at a time and reads until all `expected` chat
+/// messages (everyone's) arrived, recording each one's latency.
+async fn run_member(
+    mut member: Member,
+    messages: usize,
+    expected: u64,
+    epoch: Instant,
+) -> anyhow::Result<Latencies> {
+    let send = |sequence: usize| pb::ChatMessage {
+        sender: String::new(),
+        // The send time travels in the text: the server keeps it as it is.
+        message: format!("{sequence} {}", epoch.elapsed().as_nanos()),
+        timestamp: "00:00:00".to_owned(),
+    };
+    let mut latencies = Latencies::with_capacity(usize::try_from(expected).unwrap_or(0));
+    let mut sent = 0;
+    if messages > 0 {
+        member.outgoing.try_send(send(sent)).context("sending")?;
+        sent += 1;
+    }
+    while (latencies.len() as u64) < expected {
+        let message = next_message(&mut member.incoming)
+            .await?
+            .context("the chat ended early")?;
+        if message.sender == SYSTEM {
+            if message.message.ends_with(" has left the chat") {
+                bail!("a member left during the fan-out: {}", message.message);
+            }
+            continue;
+        }
+        let sent_at = message
+            .message
+            .split_once(' ')
+            .and_then(|(_, nanos)| nanos.parse::<u64>().ok())
+            .with_context(|| format!("not a bench message: {:?}", message.message))?;
+        let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        latencies.record(Duration::from_nanos(now.saturating_sub(sent_at)));
+        if message.sender == member.name && sent < messages {
+            member.outgoing.try_send(send(sent)).context("sending")?;
+            sent += 1;
+        }
+    }
+    Ok(latencies)
+}
+
+/// What the join phase measured.
+struct Joins {
+    elapsed: Duration,
+    growth_kib: f64,
+}
+
+async fn joins(server: &ServerProcess, count: usize) -> anyhow::Result<Joins> {
+    let url = server.url();
+    let before = server.memory()?.rss_kib;
+    // Every member reads every later member's announcement: n(n+1)/2 in all.
+    let expected = (count * (count + 1) / 2) as u64;
+    let announcements = Arc::new(AtomicU64::new(0));
+    let cut_off = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut joining = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let url = url.clone();
+        let (announcements, cut_off) = (Arc::clone(&announcements), Arc::clone(&cut_off));
+        joining.spawn(async move {
+            let member = join(&url, 1).await?;
+            // Its own announcement was read by `join`; from here on, every later one is
+            // read as it comes, so no queue builds up while the others are still joining.
+            announcements.fetch_add(1, Ordering::Relaxed);
+            let reader = tokio::spawn(drain(member.incoming, announcements, cut_off));
+            anyhow::Ok((member.outgoing, reader))
+        });
+    }
+    let mut senders = Vec::with_capacity(count);
+    let mut readers = Vec::with_capacity(count);
+    while let Some(joined) = joining.join_next().await {
+        let (outgoing, reader) = joined.context("a joining client panicked")??;
+        senders.push(outgoing);
+        readers.push(reader);
+    }
+    let elapsed = started.elapsed();
+
+    let settled = tokio::time::timeout(CALL_TIMEOUT, async {
+        while announcements.load(Ordering::Relaxed) < expected
+            && cut_off.load(Ordering::Relaxed) == 0
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let cut = cut_off.load(Ordering::Relaxed);
+    if cut > 0 {
+        bail!("{cut} of {count} joining clients were cut off for falling behind");
+    }
+    settled.with_context(|| {
+        format!(
+            "only {} of {expected} join announcements arrived",
+            announcements.load(Ordering::Relaxed)
+        )
+    })?;
+    let after = server.memory()?.rss_kib;
+    for reader in readers {
+        reader.abort();
+    }
+    drop(senders);
+    Ok(Joins {
+        elapsed,
+        growth_kib: after.saturating_sub(before) as f64,
+    })
+}
+
+/// Counts join announcements until the stream ends; notes a cut-off.
+async fn drain(
+    mut incoming: Streaming<pb::ChatMessage>,
+    announcements: Arc<AtomicU64>,
+    cut_off: Arc<AtomicU64>,
+) {
+    loop {
+        match incoming.message().await {
+            Ok(Some(message)) => {
+                if message.sender == SYSTEM && message.message.ends_with(JOINED) {
+                    announcements.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(None) => return,
+            Err(_) => {
+                cut_off.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The scenarios, each driving one service over loopback from this process while the
+//! server runs in a child process, and the load-generating loops they share.
+
+pub mod auth;
+pub mod chat;
+pub mod hello;
+pub mod logger;
+pub mod random;
+pub mod upload;
+
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    process::{ServerProcess, mib},
+    report::Measurement,
+    stats::Latencies,
+};
+
+/// How long one call may take before the scenario fails: far beyond any latency we
+/// measure, it only turns a hung server into an error instead of a hung benchmark.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One of the benchmark's scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Scenario {
+    /// Unary SayHello on the file service and on the bare tonic reference.
+    Hello,
+    /// A client-streamed upload to the streaming service.
+    Upload,
+    /// One GetRandomNumbers stream with delay 0.
+    Random,
+    /// Chat fan-out, and many clients joining.
+    Chat,
+    /// Concurrent durable LogActivity calls.
+    Logger,
+    /// Logins, logouts and the cost of one password check.
+    Auth,
+}
+
+impl Scenario {
+    /// Every scenario, in the order a full run measures them.
+    pub const ALL: [Scenario; 6] = [
+        Self::Hello,
+        Self::Upload,
+        Self::Random,
+        Self::Chat,
+        Self::Logger,
+        Self::Auth,
+    ];
+
+    /// The name on `scenario=` lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hello => "hello",
+            Self::Upload => "upload",
+            Self::Random => "random",
+            Self::Chat => "chat",
+            Self::Logger => "logger",
+            Self::Auth => "auth",
+        }
+    }
+}
+
+/// Sizes and durations of every scenario.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long each timed (closed-loop) phase measures.
+    pub duration: Duration,
+    /// Calls before that, not measured: connections warm, allocators and caches settle.
+    pub warmup: Duration,
+    /// Calls in flight at once in the SayHello and logger scenarios.
+    pub concurrency: usize,
+    /// HTTP/2 connections those calls share.
+    pub connections: usize,
+    /// Bytes in one upload.
+    pub upload_bytes: u64,
+    /// Bytes per upload chunk.
+    pub chunk_bytes: usize,
+    /// Numbers in the random stream.
+    pub random_count: u32,
+    /// Chat clients in the fan-out phase (K).
+    pub chat_clients: usize,
+    /// Messages each of them sends (M).
+    pub chat_messages: usize,
+    /// Clients in the join phase.
+    pub chat_joins: usize,
+    /// Logins in flight at once while measuring logins/s with the real argon2id cost.
+    pub login_concurrency: usize,
+    /// Sessions opened, then closed, to measure logouts/s.
+    pub logout_sessions: usize,
+    /// Password checks timed directly, in this process.
+    pub password_checks: usize,
+}
+
+impl Settings {
+    /// The figures BENCHMARKS.md publishes: the sizes.
+    pub fn full(duration: Duration) -> Self {
+        Self {
+            duration,
+            warmup: Duration::from_secs(1),
+            concurrency: 64,
+            connections: 4,
+            upload_bytes: 1 << 30,
+            chunk_bytes: 1 << 20,
+            random_count: 1_000_000,
+            chat_clients: 100,
+            chat_messages: 100,
+            chat_joins: 1000,
+            login_concurrency: 4,
+            logout_sessions: 20_000,
+            password_checks: 10,
+        }
+    }
+
+    /// About a second per scenario with small sizes, so CI keeps the tool working.
+    pub fn smoke() -> Self {
+        Self {
+            duration: Duration::from_millis(500),
+            warmup: Duration::from_millis(100),
+            concurrency: 4,
+            connections: 2,
+            upload_bytes: 8 << 20,
+            chunk_bytes: 1 << 20,
+            random_count: 10_000,
+            chat_clients: 5,
+            chat_messages: 10,
+            chat_joins: 20,
+            login_concurrency: 2,
+            logout_sessions: 200,
+            password_checks: 2,
+        }
+    }
+}
+
+/// What a scenario gets: its settings and a folder for its servers' data.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// Sizes and durations.
+    pub settings: &'a Settings,
+    /// A fresh folder, deleted after the scenario.
+    pub data_dir: PathBuf,
+}
+
+impl Context<'_> {
+    /// A sub-folder for one server's data.
+    pub fn server_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join(name)
+    }
+}
+
+/// Runs one scenario.
+pub async fn run(scenario: Scenario, context: &Context<'_>) -> anyhow::Result<Measurement> {
+    let result = match scenario {
+        Scenario::Hello => hello::run(context).await,
+        Scenario::Upload => upload::run(context).await,
+        Scenario::Random => random::run(context).await,
+        Scenario::Chat => chat::run(context).await,
+        Scenario::Logger => logger::run(context).await,
+        Scenario::Auth => auth::run(context).await,
+    };
+    result.with_context(|| format!("scenario {}", scenario.name()))
+}
+
+/// Opens one HTTP/2 connection to `url` (each call makes a new one).
+pub async fn connect(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid URL {url}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5));
+    tokio::time::timeout(CALL_TIMEOUT, endpoint.connect())
+        .await
+        .with_context(|| format!("connecting to {url} timed out"))?
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// `count` separate connections to `url`.
+pub async fn connect_many(url: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        channels.push(connect(url).await?);
+    }
+    Ok(channels)
+}
+
+/// Adds a server's startup time and memory figures, prefixed with `prefix` (e.g. `file_`).
+pub fn add_server_figures(
+    measurement: &mut Measurement,
+    prefix: &str,
+    server: &ServerProcess,
+) -> anyhow::Result<()> {
+    let now = server.memory()?;
+    measurement
+        .set(
+            &format!("{prefix}startup_ms"),
+            server.startup.as_secs_f64() * 1e3,
+        )
+        .set(&format!("{prefix}idle_rss_mib"), mib(server.idle.rss_kib))
+        .set(&format!("{prefix}peak_rss_mib"), mib(now.peak_kib));
+    Ok(())
+}
+
+/// What a closed loop did in its measured window.
+#[derive(Debug)]
+pub struct LoopOutcome {
+    /// Calls started in the window (and completed).
+    pub calls: u64,
+    /// The window's length.
+    pub elapsed: Duration,
+    /// Each of those calls' latency.
+    pub latencies: Latencies,
+}
+
+/// Runs `concurrency` workers, each calling `call` back to back (the next call starts when
+/// the last one answers) for `warmup` then `duration`; only calls started after the warmup
+/// are counted and timed. Worker `i` uses `clients[i % clients.len()]`, so the calls spread
+/// evenly over the connections.
+pub async fn closed_loop<C, F, Fut>(
+    clients: &[C],
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+    call: F,
+) -> anyhow::Result<LoopOutcome>
+where
+    C: Clone + Send + 'static,
+    F: Fn(C) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    anyhow::ensure!(!clients.is_empty(), "no connections to drive");
+    let call = Arc::new(call);
+    let measure_from = Instant::now() + warmup;
+    let end = measure_from + duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for index in 0..concurrency.max(1) {
+        let client = clients[index % clients.len()].clone();
+        let call = Arc::clone(&call);
+        workers.spawn(async move {
+            let mut latencies = Latencies::with_capacity(16 * 1024);
+            let mut calls = 0u64;
+            loop {
+                let started = Instant::now();
+                if started >= end {
+                    break;
+                }
+                tokio::time::timeout(CALL_TIMEOUT, call(client.clone()))
+                    .await
+                    .context("a call did not answer within 30 s")??;
+                if started >= measure_from {
+                    latencies.record(started.elapsed());
+                    calls += 1;
+                }
+            }
+            anyhow::Ok((calls, latencies))
+        });
+    }
+    let mut outcome = LoopOutcome {
+        calls: 0,
+        elapsed: duration,
+        latencies: Latencies::default(),
+    };
+    while let Some(joined) = workers.join_next().await {
+        let (calls, latencies) = joined.context("a load worker panicked")??;
+        outcome.calls += calls;
+        outcome.latencies.merge(latencies);
+    }
+    Ok(outcome)
+}
+
+/// Runs `call` once for each of `items`, `concurrency` at a time over `clients`, and times
+/// the whole batch and each call.
+pub async fn fixed_work<C, T, F, Fut>(
+    clients: &[C],
+    concurrency: usize,
+    items: Vec<T>,
+    call: F,
+) -> anyhow::Result<LoopOutcome>
+where
+    C: Clone + Send + 'static,
+    T: Clone + Send + Sync + 'static,
+    F: Fn(C, T) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    anyhow::ensure!(!clients.is_empty(), "no connections to drive");
+    let call = Arc::new(call);
+    let items = Arc::new(items);
+    // Workers take the next item by index, so the fastest ones do more, as in a real queue.
+    let next = Arc::new(AtomicUsize::new(0));
+    let started_all = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for index in 0..concurrency.max(1) {
+        let client = clients[index % clients.len()].clone();
+        let (call, items, next) = (Arc::clone(&call), Arc::clone(&items), Arc::clone(&next));
+        workers.spawn(async move {
+            let mut latencies = Latencies::with_capacity(items.len() / concurrency.max(1) + 1);
+            loop {
+                let taken = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(taken) else {
+                    break;
+                };
+                let started = Instant::now();
+                tokio::time::timeout(CALL_TIMEOUT, call(client.clone(), item.clone()))
+                    .await
+                    .context("a call did not answer within 30 s")??;
+                latencies.record(started.elapsed());
+            }
+            anyhow::Ok(latencies)
+        });
+    }
+    let mut all = Latencies::with_capacity(items.len());
+    while let Some(joined) = workers.join_next().await {
+        all.merge(joined.context("a load worker panicked")??);
+    }
+    Ok(LoopOutcome {
+        calls: all.len() as u64,
+        elapsed: started_all.elapsed(),
+        latencies: all,
+    })
+}
+
+/// Deletes a scenario's data folder, reporting (not failing on) a leftover.
+pub fn remove_dir(path: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(path)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("warning: could not remove {}: {error}", path.display());
+    }
+}
