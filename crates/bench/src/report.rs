@@ -247,10 +247,10 @@ mod tests {
     #[test]
     fn line_format() {
         let mut measurement = Measurement::new("hello");
-        measurement.set("rps", 12345.6).set("p50_us", 3.14159);
+        measurement.set("rps", 12345.6).set("p50_us", 2.71234);
         assert_eq!(
             measurement.line(&[("run", 2)]),
-            "scenario=hello run=2 rps=12346 p50_us=3.142"
+            "scenario=hello run=2 rps=12346 p50_us=2.712"
         );
     }
 
