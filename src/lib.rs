@@ -8,10 +8,12 @@
 //! - [`server`]: serving a set of services with health, reflection, a decode-limit status
 //!   fix-up and graceful shutdown.
 //! - [`cli`]: what every binary's `main` shares: tracing setup, exit codes, connecting.
+//! - [`gauge`]: a live, awaitable count of in-flight work, for observing that it stopped.
 //! - [`storage`]: the rules for client-supplied file names and atomic file writes, used by
 //!   the file and streaming services alike.
 
 pub mod cli;
+pub mod gauge;
 pub mod server;
 pub mod storage;
 

@@ -223,23 +223,36 @@ where
 /// The start of the message tonic gives when a request exceeds the decode limit.
 const TONIC_TOO_LARGE: &str = "Error, decoded message length too large";
 
-/// tonic refuses a request over its decode limit with OUT_OF_RANGE and its own wording; a
-/// client asked for too much, which gRPC calls RESOURCE_EXHAUSTED. Rewrites that one answer
-/// (sent in the response headers, since the handler never ran) and leaves all others alone.
+/// tonic refuses a message over its decode limit with OUT_OF_RANGE and its own wording; the
+/// client sent more than the server accepts, which gRPC calls RESOURCE_EXHAUSTED. Returns
+/// that status relabelled, naming both sizes, and any other status unchanged. A handler
+/// reading a request stream applies it to the errors the stream yields; [`GrpcServer`] applies
+/// it to unary answers, where the handler never ran.
+pub fn relabel_oversized(status: Status) -> Status {
+    if status.code() != Code::OutOfRange || !status.message().starts_with(TONIC_TOO_LARGE) {
+        return status;
+    }
+    match parse_sizes(status.message()) {
+        Some((found, limit)) => Status::resource_exhausted(format!(
+            "request message is {found} bytes; this server accepts at most {limit} bytes"
+        )),
+        None => Status::resource_exhausted("request message is larger than this server accepts"),
+    }
+}
+
+/// [`relabel_oversized`] for an answer already turned into HTTP: a unary call refused before
+/// its handler ran carries its status in the response headers.
 fn relabel_oversized_request<B>(mut response: http::Response<B>) -> http::Response<B> {
     let Some(status) = Status::from_header_map(response.headers()) else {
         return response;
     };
-    if status.code() != Code::OutOfRange || !status.message().starts_with(TONIC_TOO_LARGE) {
+    if status.code() != Code::OutOfRange {
         return response;
     }
-    let message = match parse_sizes(status.message()) {
-        Some((found, limit)) => {
-            format!("request message is {found} bytes; this server accepts at most {limit} bytes")
-        }
-        None => "request message is larger than this server accepts".to_owned(),
-    };
-    if let Err(error) = Status::resource_exhausted(message).add_header(response.headers_mut()) {
+    let relabelled = relabel_oversized(status);
+    if relabelled.code() == Code::ResourceExhausted
+        && let Err(error) = relabelled.add_header(response.headers_mut())
+    {
         tracing::warn!(%error, "could not relabel an over-limit status");
     }
     response

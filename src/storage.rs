@@ -176,6 +176,15 @@ impl PendingFile {
     /// name in one step) and flushes the folder entry, so an acknowledged file survives a
     /// crash.
     pub fn commit(self) -> io::Result<()> {
+        // Temporary files are created private (0600); a stored file is an ordinary one that
+        // other local users may read, as the old servers' files were.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            self.temp
+                .as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644))?;
+        }
         self.temp.as_file().sync_all()?;
         self.temp
             .persist(&self.destination)
@@ -240,6 +249,18 @@ mod tests {
         storage.write_atomic(&target, b"second")?;
         assert_eq!(fs::read(folder.path().join("a.txt"))?, b"second");
         assert_eq!(storage.list()?, vec!["a.txt".to_owned()]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(folder.path().join("a.txt"))?
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o777,
+                0o644,
+                "stored files are readable like ordinary files"
+            );
+        }
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use assert_cmd::cargo::cargo_bin;
 use file_service::Config;
 use grpc_suite::file as pb;
 use pb::file_service_client::FileServiceClient;
-use testkit::{InProcessServer, ServerProcess, TIMEOUT};
+use testkit::{InProcessServer, ServerProcess, TIMEOUT, files_under};
 use tonic::{Code, transport::Channel};
 
 /// Starts the service on `127.0.0.1:0` storing into `dir`, with `max_file_size`.
@@ -32,29 +32,6 @@ fn write_request(filename: &str, content: &[u8]) -> pb::FileRequest {
         filename: filename.to_owned(),
         content: content.to_vec().into(),
     }
-}
-
-/// Every file in `dir` and below, as paths relative to it.
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        for entry in std::fs::read_dir(&folder).expect("reading a folder") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                found.push(
-                    path.strip_prefix(dir)
-                        .expect("under dir")
-                        .display()
-                        .to_string(),
-                );
-            }
-        }
-    }
-    found.sort();
-    found
 }
 
 /// Greetings and time answer in the old servers' exact words and format.
@@ -477,21 +454,7 @@ fn client_subcommands_and_refusals() {
 /// With no server listening, the client says so in one line and exits 1, no panic.
 #[test]
 fn client_with_server_down_exits_one() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    drop(listener);
-    let assert = assert_cmd::Command::new(cargo_bin("file_client"))
-        .args(["--server", &url, "time"])
-        .timeout(TIMEOUT)
-        .assert()
-        .failure()
-        .code(1);
-    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with(&format!("error: cannot reach the server at {url}")),
-        "{stderr}"
-    );
+    testkit::assert_reports_server_down(cargo_bin("file_client"), &["time"]);
 }
 
 /// A Python grpcio client generated from protos/ calls every method and gets the contract's answers.

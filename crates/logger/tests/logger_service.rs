@@ -694,21 +694,7 @@ fn binaries_log_query_follow() {
 /// With no server listening, the client says so in one line and exits 1, no panic.
 #[test]
 fn client_with_server_down_exits_one() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    drop(listener);
-    let assert = assert_cmd::Command::new(cargo_bin("logger_client"))
-        .args(["--server", &url, "query"])
-        .timeout(TIMEOUT)
-        .assert()
-        .failure()
-        .code(1);
-    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with(&format!("error: cannot reach the server at {url}")),
-        "{stderr}"
-    );
+    testkit::assert_reports_server_down(cargo_bin("logger_client"), &["query"]);
 }
 
 /// A Python grpcio client generated from protos/ logs (with and without an event id),

@@ -6,7 +6,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use tokio::sync::watch;
+use grpc_suite::gauge::{Gauge, GaugeGuard};
 
 /// A cheap, cloneable handle on the producers' counters. Every clone sees the same values.
 #[derive(Debug, Clone)]
@@ -18,9 +18,8 @@ pub struct StreamMetrics {
 struct Counters {
     /// Numbers drawn so far, over all streams.
     generated: AtomicU64,
-    /// Producers running now. A watch channel rather than an atomic so that a waiter is
-    /// woken by the change instead of polling for it.
-    active: watch::Sender<usize>,
+    /// Producers running now.
+    active: Gauge,
 }
 
 impl Default for StreamMetrics {
@@ -28,7 +27,7 @@ impl Default for StreamMetrics {
         Self {
             inner: Arc::new(Counters {
                 generated: AtomicU64::new(0),
-                active: watch::Sender::new(0),
+                active: Gauge::default(),
             }),
         }
     }
@@ -42,14 +41,12 @@ impl StreamMetrics {
 
     /// How many producers are running now.
     pub fn active_streams(&self) -> usize {
-        *self.inner.active.borrow()
+        self.inner.active.get()
     }
 
     /// Resolves once exactly `count` producers are running (at once if they already are).
     pub async fn wait_for_active_streams(&self, count: usize) {
-        let mut active = self.inner.active.subscribe();
-        // The sender lives in `self`, so the channel cannot close while we wait.
-        let _ = active.wait_for(|&now| now == count).await;
+        self.inner.active.wait_until(|&now| now == count).await;
     }
 
     /// Counts one drawn number.
@@ -60,27 +57,12 @@ impl StreamMetrics {
     /// Counts a producer as running until the returned guard is dropped, however the
     /// producer ends (finished, client gone, shutdown, or a panic unwinding).
     pub(crate) fn stream_started(&self) -> ActiveStream {
-        self.inner.active.send_modify(|active| *active += 1);
-        ActiveStream {
-            metrics: self.clone(),
-        }
+        self.inner.active.enter()
     }
 }
 
 /// Held by a running producer; see [`StreamMetrics::stream_started`].
-#[derive(Debug)]
-pub(crate) struct ActiveStream {
-    metrics: StreamMetrics,
-}
-
-impl Drop for ActiveStream {
-    fn drop(&mut self) {
-        self.metrics
-            .inner
-            .active
-            .send_modify(|active| *active = active.saturating_sub(1));
-    }
-}
+pub(crate) type ActiveStream = GaugeGuard;
 
 #[cfg(test)]
 mod tests {

@@ -142,24 +142,11 @@ async fn read_member(mut inbound: Streaming<pb::ChatMessage>, mut member: Member
                 Ok(None) => break Ok(()),
                 Err(status) => {
                     tracing::debug!(member = member.name(), %status, "chat stream failed");
-                    break Err(relabel_decode_limit(status));
+                    // A message over the decode limit arrives here as an error; name it as such.
+                    break Err(grpc_suite::server::relabel_oversized(status));
                 }
             },
         }
     };
     member.leave(outcome);
-}
-
-/// tonic reports a message over the decode limit as OUT_OF_RANGE. Before any response the
-/// shared server relabels it; a chat stream has already answered, so it is done here: the
-/// client sent more than the server accepts, which gRPC calls RESOURCE_EXHAUSTED.
-fn relabel_decode_limit(status: Status) -> Status {
-    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
-        Status::resource_exhausted(format!(
-            "chat message is larger than this server accepts ({})",
-            status.message()
-        ))
-    } else {
-        status
-    }
 }

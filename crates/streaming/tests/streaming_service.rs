@@ -20,7 +20,7 @@ use streaming_service::{
     activity::{Activity, Gauge},
     client::{FlowOptions, Input, Interrupts, Session},
 };
-use testkit::{InProcessServer, ServerProcess, TIMEOUT};
+use testkit::{InProcessServer, ServerProcess, TIMEOUT, files_under};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming, transport::Channel};
@@ -73,29 +73,6 @@ async fn settle(gauge: &Gauge, value: usize) {
     tokio::time::timeout(TIMEOUT, gauge.wait_until(|count| *count == value))
         .await
         .unwrap_or_else(|_| panic!("gauge stayed at {} instead of {value}", gauge.get()));
-}
-
-/// Every entry in `dir` and below (temporary files included), relative to it.
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        for entry in std::fs::read_dir(&folder).expect("reading a folder") {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                found.push(
-                    path.strip_prefix(dir)
-                        .expect("under dir")
-                        .display()
-                        .to_string(),
-                );
-            }
-        }
-    }
-    found.sort();
-    found
 }
 
 fn chunk(filename: &str, data: &[u8], is_last_chunk: bool) -> pb::FileChunk {
@@ -1019,21 +996,7 @@ async fn killed_clients_end_their_streams() {
 /// With no server listening, the client says so in one line and exits 1.
 #[test]
 fn client_with_server_down_exits_one() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    drop(listener);
-    let assert = assert_cmd::Command::new(cargo_bin("streaming_client"))
-        .args(["--server", &url, "time", "--count", "1"])
-        .timeout(TIMEOUT)
-        .assert()
-        .failure()
-        .code(1);
-    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(
-        stderr.starts_with(&format!("error: cannot reach the server at {url}")),
-        "{stderr}"
-    );
+    testkit::assert_reports_server_down(cargo_bin("streaming_client"), &["time", "--count", "1"]);
 }
 
 /// A Python grpcio client generated from protos/ uses all three methods as the old client

@@ -228,6 +228,49 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Every file in `dir` and below, as sorted paths relative to it (temporary files included,
+/// so a test sees anything an aborted write left behind).
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).expect("reading a folder") {
+            let path = entry.expect("reading a folder entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let relative = path.strip_prefix(dir).expect("under dir");
+                found.push(relative.display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Runs `client --server <loopback URL nothing listens on> ARGS…` and checks what a user
+/// must see when the server is down: exit code 1 and one stderr line naming the address.
+pub fn assert_reports_server_down(client: impl AsRef<Path>, args: &[&str]) {
+    // Bound and released: the one way to name a loopback port with nothing behind it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    drop(listener);
+    let mut command = Command::new(client.as_ref());
+    command
+        .arg("--server")
+        .arg(&url)
+        .args(args)
+        .stdin(Stdio::null());
+    let output = run_with_timeout(&mut command, TIMEOUT).expect("the client runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("error: cannot reach the server at {url}")),
+        "{stderr}"
+    );
+}
+
 /// The folder cargo builds into (`target/`), found from the running test binary
 /// (`target/debug/deps/<test>`), so a custom `CARGO_TARGET_DIR` is honoured.
 fn target_dir() -> anyhow::Result<PathBuf> {

@@ -70,14 +70,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         logger_url: args.logger_addr,
     };
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("binding {}", args.addr))?;
-    let port = listener
-        .local_addr()
-        .context("reading the bound address")?
-        .port();
-    println!("Auth Service started on port {port}");
+    let listener = grpc_suite::cli::bind_announced(args.addr, "Auth Service").await?;
     println!("Audit events go to the logger at {}", config.logger_url);
     let shutdown = grpc_suite::server::shutdown_on_signals();
     auth_service::serve(listener, credentials, &config, shutdown).await

@@ -39,14 +39,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let storage = file_service::open_storage(&config)
         .with_context(|| format!("opening the upload folder {}", config.upload_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("binding {}", args.addr))?;
-    let port = listener
-        .local_addr()
-        .context("reading the bound address")?
-        .port();
-    println!("File Service started on port {port}");
+    let listener = grpc_suite::cli::bind_announced(args.addr, "File Service").await?;
     println!("Files will be stored in: {}", storage.absolute().display());
     let shutdown = grpc_suite::server::shutdown_on_signals();
     file_service::serve(listener, storage, &config, shutdown).await

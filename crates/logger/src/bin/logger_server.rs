@@ -23,6 +23,9 @@ struct Args {
         value_parser = clap::value_parser!(u32).range(1..),
     )]
     max_query_limit: u32,
+    /// Ask the server at --addr whether it is serving (exit 0) or not (exit 1), then exit.
+    #[arg(long)]
+    health_check: bool,
 }
 
 #[tokio::main]
@@ -32,6 +35,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.health_check {
+        return grpc_suite::cli::probe_health(args.addr).await;
+    }
     let config = logger_service::Config {
         db_path: args.db,
         max_query_limit: args.max_query_limit,
@@ -39,15 +45,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let store = logger_service::open_store(&config)
         .with_context(|| format!("opening the database {}", config.db_path.display()))?;
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("binding {}", args.addr))?;
-    let port = listener
-        .local_addr()
-        .context("reading the bound address")?
-        .port();
+    let listener = grpc_suite::cli::bind_announced(args.addr, "Logger Service").await?;
     let shown = std::fs::canonicalize(&config.db_path).unwrap_or_else(|_| config.db_path.clone());
-    println!("Logger Service started on port {port}");
     println!("Logs stored in: {}", shown.display());
     let shutdown = grpc_suite::server::shutdown_on_signals();
     logger_service::serve(listener, store, &config, shutdown).await

@@ -2,7 +2,6 @@
 
 use std::{net::SocketAddr, process::ExitCode};
 
-use anyhow::Context as _;
 use clap::Parser;
 
 /// Serves the random number service: streams of uniformly drawn numbers.
@@ -18,6 +17,9 @@ struct Args {
     /// Longest delay between numbers one request may ask for, in milliseconds.
     #[arg(long, env = "RANDOM_SERVICE_MAX_DELAY_MS", default_value_t = random_service::DEFAULT_MAX_DELAY_MS)]
     max_delay_ms: u32,
+    /// Ask the server at --addr whether it is serving (exit 0) or not (exit 1), then exit.
+    #[arg(long)]
+    health_check: bool,
 }
 
 #[tokio::main]
@@ -27,18 +29,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.health_check {
+        return grpc_suite::cli::probe_health(args.addr).await;
+    }
     let config = random_service::Config {
         max_count: args.max_count,
         max_delay_ms: args.max_delay_ms,
     };
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("binding {}", args.addr))?;
-    let port = listener
-        .local_addr()
-        .context("reading the bound address")?
-        .port();
-    println!("Random Number Service started on port {port}");
+    let listener = grpc_suite::cli::bind_announced(args.addr, "Random Number Service").await?;
     let shutdown = grpc_suite::server::shutdown_on_signals();
     random_service::serve(
         listener,

@@ -25,6 +25,9 @@ struct Args {
     /// Chat messages that may wait for one client before it is cut off (at least 1).
     #[arg(long, env = "STREAMING_SERVICE_CHAT_QUEUE", default_value_t = streaming_service::DEFAULT_CHAT_QUEUE_CAPACITY)]
     chat_queue: NonZeroUsize,
+    /// Ask the server at --addr whether it is serving (exit 0) or not (exit 1), then exit.
+    #[arg(long)]
+    health_check: bool,
 }
 
 #[tokio::main]
@@ -34,6 +37,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.health_check {
+        return grpc_suite::cli::probe_health(args.addr).await;
+    }
     let config = streaming_service::Config {
         upload_dir: args.dir,
         max_upload_size: args.max_upload_size,
@@ -42,14 +48,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let storage = streaming_service::open_storage(&config)
         .with_context(|| format!("opening the upload folder {}", config.upload_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("binding {}", args.addr))?;
-    let port = listener
-        .local_addr()
-        .context("reading the bound address")?
-        .port();
-    println!("Streaming Service started on port {port}");
+    let listener = grpc_suite::cli::bind_announced(args.addr, "Streaming Service").await?;
     println!("Files will be stored in: {}", storage.absolute().display());
     let shutdown = grpc_suite::server::shutdown_on_signals();
     let service = streaming_service::StreamingService::new(storage, &config);
