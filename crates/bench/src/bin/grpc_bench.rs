@@ -62,6 +62,9 @@ struct RunArgs {
     /// Chat clients joining at once in the join phase.
     #[arg(long, env = "GRPC_BENCH_CHAT_JOINS")]
     chat_joins: Option<usize>,
+    /// Chat joins in progress at once in the join phase.
+    #[arg(long, env = "GRPC_BENCH_CHAT_JOIN_PARALLELISM")]
+    chat_join_parallelism: Option<usize>,
     /// Sessions opened then closed to measure logouts/s.
     #[arg(long, env = "GRPC_BENCH_LOGOUT_SESSIONS")]
     logout_sessions: Option<usize>,
@@ -133,6 +136,9 @@ async fn measure(args: RunArgs) -> anyhow::Result<()> {
     settings.chat_clients = args.chat_clients.unwrap_or(settings.chat_clients);
     settings.chat_messages = args.chat_messages.unwrap_or(settings.chat_messages);
     settings.chat_joins = args.chat_joins.unwrap_or(settings.chat_joins);
+    settings.chat_join_parallelism = args
+        .chat_join_parallelism
+        .unwrap_or(settings.chat_join_parallelism);
     settings.logout_sessions = args.logout_sessions.unwrap_or(settings.logout_sessions);
     let scenarios = if args.scenarios.is_empty() {
         Scenario::ALL.to_vec()

@@ -1,20 +1,20 @@
 //! The chat room under load, in two phases, each on a fresh server:
 //!
 //! - **Fan-out**: K clients (one connection each) join, then each sends M messages. Every
-//!   message is delivered to all K members (the sender too), so K×K×M deliveries. Each
-//!   client keeps one message in flight: it sends the next when its previous one comes
-//!   back, so at most K messages wait in any member's queue (the server cuts off a member
-//!   256 behind) and the latency measured is the room's, not a queue the bench built up.
-//!   A message carries its send time (nanoseconds since a shared start), so every
+//!   message is delivered to all K members (the sender too), so K×K×M deliveries. At most
+//!   [`WINDOW`] messages are in flight across the room (a message leaves the window once
+//!   every member has it), so no member's queue on the server nears the 256 at which it is
+//!   cut off, and the latency measured is the room's, not a backlog the bench built up.
+//!   A message carries its id and send time (nanoseconds since a shared start), so every
 //!   delivery's send-to-receive latency is known.
-//! - **Joins**: N clients connect and join at once; the time until each has seen its own
-//!   join announcement is the join time. Once every announcement has been read the server's
+//! - **Joins**: N clients connect and join, `chat_join_parallelism` at a time; the time
+//!   until each has seen its own join announcement is the join time. Once every announcement has been read the server's
 //!   memory is sampled: its growth over N is the memory per connected client.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use grpc_suite::streaming as pb;
 use pb::streaming_service_client::StreamingServiceClient;
-use tokio::sync::{Barrier, mpsc};
+use tokio::sync::{Barrier, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
@@ -53,7 +53,7 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     let fan_out = fan_out(&server.url(), settings.chat_clients, settings.chat_messages).await;
     let peak_fan_out = server.memory()?.peak_kib;
     server.stop().await;
-    let mut fan_out = fan_out?;
+    let mut fan_out = fan_out.context("fan-out phase")?;
     measurement
         .set(
             "deliveries_per_s",
@@ -65,10 +65,10 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
 
     let server =
         ServerProcess::start(ServerKind::Streaming, &context.server_dir("joins"), &[]).await?;
-    let joined = joins(&server, settings.chat_joins).await;
+    let joined = joins(&server, settings.chat_joins, settings.chat_join_parallelism).await;
     add_server_figures(&mut measurement, "", &server)?;
     server.stop().await;
-    let joined = joined?;
+    let joined = joined.context("join phase")?;
     measurement
         .set("joins", settings.chat_joins as f64)
         .set("join_ms", joined.elapsed.as_secs_f64() * 1e3)
@@ -88,8 +88,6 @@ struct FanOut {
 
 /// One connected chat member, as the bench holds it.
 struct Member {
-    /// `Client(N)`, from the first message the member receives: its own announcement.
-    name: String,
     outgoing: mpsc::Sender<pb::ChatMessage>,
     incoming: Streaming<pb::ChatMessage>,
 }
@@ -109,17 +107,12 @@ async fn join(url: &str, queue: usize) -> anyhow::Result<Member> {
     let first = next_message(&mut incoming)
         .await?
         .context("the chat ended before announcing the join")?;
-    let name = first
-        .message
-        .strip_suffix(JOINED)
-        .filter(|_| first.sender == SYSTEM)
-        .with_context(|| format!("expected a join announcement first, got {first:?}"))?
-        .to_owned();
-    Ok(Member {
-        name,
-        outgoing,
-        incoming,
-    })
+    // The room announces a join to the newcomer first of all.
+    anyhow::ensure!(
+        first.sender == SYSTEM && first.message.ends_with(JOINED),
+        "expected a join announcement first, got {first:?}"
+    );
+    Ok(Member { outgoing, incoming })
 }
 
 async fn next_message(
@@ -136,56 +129,104 @@ async fn fan_out(url: &str, clients: usize, messages: usize) -> anyhow::Result<F
     for _ in 0..clients {
         members.push(join(url, messages + 1).await?);
     }
-    let expected = (clients * messages) as u64;
-    let epoch = Instant::now();
+    let flow = Arc::new(Flow {
+        window: Semaphore::new(WINDOW),
+        receipts: (0..clients * messages).map(|_| AtomicU32::new(0)).collect(),
+        members: u32::try_from(clients).context("too many clients")?,
+        epoch: Instant::now(),
+    });
+    let expected = clients * messages;
     // Everyone has joined; the last one through the barrier starts the clock.
-    let barrier = Arc::new(Barrier::new(clients + 1));
+    let barrier = Arc::new(Barrier::new(2 * clients + 1));
     let mut tasks = tokio::task::JoinSet::new();
-    for member in members {
-        let barrier = Arc::clone(&barrier);
+    // A member whose request stream ends leaves the room: every sender stays open until
+    // all readers are done, though each sender task finishes after its last message.
+    let mut keep_open = Vec::with_capacity(clients);
+    for (index, Member { outgoing, incoming }) in members.into_iter().enumerate() {
+        keep_open.push(outgoing.clone());
+        let (sender_flow, sender_barrier) = (Arc::clone(&flow), Arc::clone(&barrier));
         tasks.spawn(async move {
-            barrier.wait().await;
-            run_member(member, messages, expected, epoch).await
+            sender_barrier.wait().await;
+            send_messages(outgoing, index, messages, &sender_flow).await?;
+            Ok(Latencies::default())
+        });
+        let (reader_flow, reader_barrier) = (Arc::clone(&flow), Arc::clone(&barrier));
+        tasks.spawn(async move {
+            reader_barrier.wait().await;
+            read_messages(incoming, expected, &reader_flow).await
         });
     }
     barrier.wait().await;
     let started = Instant::now();
-    let mut latencies = Latencies::with_capacity(clients * clients * messages);
-    let mut deliveries = 0;
+    let mut latencies = Latencies::with_capacity(clients * expected);
     while let Some(joined) = tasks.join_next().await {
-        let member_latencies = joined.context("a chat client panicked")??;
-        deliveries += member_latencies.len() as u64;
-        latencies.merge(member_latencies);
+        latencies.merge(joined.context("a chat client panicked")??);
     }
+    drop(keep_open);
     Ok(FanOut {
-        deliveries,
+        deliveries: latencies.len() as u64,
         elapsed: started.elapsed(),
         latencies,
     })
 }
 
-/// Sends `messages` messages one in flight at a time and reads until all `expected` chat
-/// messages (everyone's) arrived, recording each one's latency.
-async fn run_member(
-    mut member: Member,
-    messages: usize,
-    expected: u64,
+/// Messages in flight across the whole room: a message is out of flight once every member
+/// has received it. Every member's queue on the server holds at most this many, so it stays
+/// below the 256 at which the server cuts a member off. Without such a window, senders
+/// that get their own messages back quickly outrun the server's per-connection encoding
+/// for slower members, and those are (correctly) cut off.
+const WINDOW: usize = 128;
+
+/// The fan-out's shared flow control and clock.
+struct Flow {
+    /// One permit per message that may be in flight.
+    window: Semaphore,
+    /// Per message (`client * messages + sequence`): how many members received it.
+    receipts: Vec<AtomicU32>,
+    /// K.
+    members: u32,
+    /// Send times travel in the messages as nanoseconds since this instant.
     epoch: Instant,
-) -> anyhow::Result<Latencies> {
-    let send = |sequence: usize| pb::ChatMessage {
-        sender: String::new(),
-        // The send time travels in the text: the server keeps it as it is.
-        message: format!("{sequence} {}", epoch.elapsed().as_nanos()),
-        timestamp: "00:00:00".to_owned(),
-    };
-    let mut latencies = Latencies::with_capacity(usize::try_from(expected).unwrap_or(0));
-    let mut sent = 0;
-    if messages > 0 {
-        member.outgoing.try_send(send(sent)).context("sending")?;
-        sent += 1;
+}
+
+/// Sends one member's `messages` messages, each when the window has room.
+async fn send_messages(
+    outgoing: mpsc::Sender<pb::ChatMessage>,
+    client: usize,
+    messages: usize,
+    flow: &Flow,
+) -> anyhow::Result<()> {
+    for sequence in 0..messages {
+        tokio::time::timeout(CALL_TIMEOUT, flow.window.acquire())
+            .await
+            .context("no room in the window for 30 s: messages are not arriving")?
+            .context("window closed")?
+            .forget();
+        let message = pb::ChatMessage {
+            sender: String::new(),
+            // Which message, and when it left: the server passes the text on as it is.
+            message: format!(
+                "{} {}",
+                client * messages + sequence,
+                flow.epoch.elapsed().as_nanos()
+            ),
+            timestamp: "00:00:00".to_owned(),
+        };
+        outgoing.send(message).await.context("sending")?;
     }
-    while (latencies.len() as u64) < expected {
-        let message = next_message(&mut member.incoming)
+    Ok(())
+}
+
+/// Reads one member's stream until all `expected` chat messages (everyone's) arrived,
+/// recording each one's latency and releasing window room for fully delivered messages.
+async fn read_messages(
+    mut incoming: Streaming<pb::ChatMessage>,
+    expected: usize,
+    flow: &Flow,
+) -> anyhow::Result<Latencies> {
+    let mut latencies = Latencies::with_capacity(expected);
+    while latencies.len() < expected {
+        let message = next_message(&mut incoming)
             .await?
             .context("the chat ended early")?;
         if message.sender == SYSTEM {
@@ -194,16 +235,16 @@ async fn run_member(
             }
             continue;
         }
-        let sent_at = message
+        let (id, sent_at) = message
             .message
             .split_once(' ')
-            .and_then(|(_, nanos)| nanos.parse::<u64>().ok())
+            .and_then(|(id, nanos)| Some((id.parse::<usize>().ok()?, nanos.parse::<u64>().ok()?)))
+            .filter(|(id, _)| *id < flow.receipts.len())
             .with_context(|| format!("not a bench message: {:?}", message.message))?;
-        let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let now = u64::try_from(flow.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         latencies.record(Duration::from_nanos(now.saturating_sub(sent_at)));
-        if message.sender == member.name && sent < messages {
-            member.outgoing.try_send(send(sent)).context("sending")?;
-            sent += 1;
+        if flow.receipts[id].fetch_add(1, Ordering::AcqRel) + 1 == flow.members {
+            flow.window.add_permits(1);
         }
     }
     Ok(latencies)
@@ -215,20 +256,28 @@ struct Joins {
     growth_kib: f64,
 }
 
-async fn joins(server: &ServerProcess, count: usize) -> anyhow::Result<Joins> {
+async fn joins(server: &ServerProcess, count: usize, parallelism: usize) -> anyhow::Result<Joins> {
     let url = server.url();
     let before = server.memory()?.rss_kib;
     // Every member reads every later member's announcement: n(n+1)/2 in all.
     let expected = (count * (count + 1) / 2) as u64;
     let announcements = Arc::new(AtomicU64::new(0));
     let cut_off = Arc::new(AtomicU64::new(0));
+    // Joins in progress at once: connecting, and waiting for the own announcement.
+    let in_progress = Arc::new(Semaphore::new(parallelism.max(1)));
     let started = Instant::now();
     let mut joining = tokio::task::JoinSet::new();
     for _ in 0..count {
         let url = url.clone();
         let (announcements, cut_off) = (Arc::clone(&announcements), Arc::clone(&cut_off));
+        let in_progress = Arc::clone(&in_progress);
         joining.spawn(async move {
+            let permit = in_progress
+                .acquire_owned()
+                .await
+                .context("join limiter closed")?;
             let member = join(&url, 1).await?;
+            drop(permit);
             // Its own announcement was read by `join`; from here on, every later one is
             // read as it comes, so no queue builds up while the others are still joining.
             announcements.fetch_add(1, Ordering::Relaxed);

@@ -95,6 +95,8 @@ pub struct Settings {
     pub chat_messages: usize,
     /// Clients in the join phase.
     pub chat_joins: usize,
+    /// Joins in progress at once (connect, join, first message) in the join phase.
+    pub chat_join_parallelism: usize,
     /// Logins in flight at once while measuring logins/s with the real argon2id cost.
     pub login_concurrency: usize,
     /// Sessions opened, then closed, to measure logouts/s.
@@ -117,6 +119,7 @@ impl Settings {
             chat_clients: 100,
             chat_messages: 100,
             chat_joins: 1000,
+            chat_join_parallelism: 64,
             login_concurrency: 4,
             logout_sessions: 20_000,
             password_checks: 10,
@@ -136,6 +139,7 @@ impl Settings {
             chat_clients: 5,
             chat_messages: 10,
             chat_joins: 20,
+            chat_join_parallelism: 64,
             login_concurrency: 2,
             logout_sessions: 200,
             password_checks: 2,
