@@ -4,7 +4,8 @@
 #   - the runtime image (debian:bookworm-slim): a Debian bookworm root file system made with
 #     debootstrap from Debian's packages and `docker import`ed under that name;
 #   - the build image (rust:1-bookworm): the same system plus gcc, with this machine's Rust
-#     toolchain copied in.
+#     toolchain copied in, and the extra CA certificates this machine trusts (so cargo in the
+#     build reaches the registry the way the host does, e.g. through a TLS-inspecting proxy).
 # An image that already exists is left alone, so repeated runs cost nothing.
 # Needs root (debootstrap, chroot) and the debootstrap package (installed if missing).
 set -euo pipefail
@@ -51,6 +52,10 @@ if ! have_image "$BUILD_IMAGE"; then
   DEBIAN_FRONTEND=noninteractive chroot "$rootfs" \
     apt-get install -y -qq --no-install-recommends gcc libc6-dev ca-certificates >/dev/null
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/"
+    chroot "$rootfs" update-ca-certificates >/dev/null
+  fi
 
   # rustc finds its standard library relative to itself (bin/../lib), so the toolchain's
   # bin and lib go side by side under /usr/local/cargo, as in the official image.

@@ -9,8 +9,9 @@
 //!   so a name is never reused while the server runs.
 //! - **One order**: every message is delivered to every queue while the room's lock is held,
 //!   so the room's lock is the single ordering point and all members see the same sequence.
-//! - **Bounded**: each member has a [`Mailbox`] of at most `capacity` messages. Delivery
-//!   never waits: a member whose mailbox is full is cut off (its backlog freed at once, its
+//! - **Bounded**: each member has a [`Mailbox`] of at most `capacity` chat messages (and a
+//!   larger, still fixed, allowance for the room's join/leave notices). Delivery never
+//!   waits: a member whose mailbox is full is cut off (its backlog freed at once, its
 //!   stream ended with RESOURCE_EXHAUSTED) and the others see it leave. A stuck client can
 //!   thus neither delay the others nor grow the server's memory.
 
@@ -37,6 +38,13 @@ pub const SHUTDOWN_NOTICE: &str = "Server is shutting down";
 /// Format of the server's timestamps on System messages (and on client messages that
 /// arrive without one): wall-clock time, as the old chat showed it.
 pub const CHAT_TIME_FORMAT: &str = "%H:%M:%S";
+
+/// Join and leave notices may fill a mailbox to this many times its chat capacity. A burst
+/// of joins (hundreds of clients arriving together) briefly outpaces every reader, and
+/// cutting members off for the room's own announcements would turn a busy moment into a
+/// mass disconnect; the allowance keeps that burst bounded all the same (at the default
+/// 256, 4096 notices of about a hundred bytes per member).
+const NOTICE_ALLOWANCE: usize = 16;
 
 /// The name of the member numbered `number`.
 pub fn member_name(number: u64) -> String {
@@ -272,6 +280,9 @@ struct Mailbox {
 #[derive(Debug, Default)]
 struct MailboxState {
     queue: VecDeque<pb::ChatMessage>,
+    /// How many of the queued messages are members' chat (not System notices): the count
+    /// the member's capacity limits.
+    chat_queued: usize,
     /// How the stream ends once the queue is empty: `Ok` cleanly, `Err` with a status
     /// (an error skips the queue: the member is cut off, not served its backlog).
     end: Option<Result<(), Status>>,
@@ -287,14 +298,24 @@ impl Mailbox {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues a message; false if the queue already holds `capacity` messages.
+    /// Queues a message; false if the queue already holds `capacity` chat messages, or,
+    /// for a System notice, [`NOTICE_ALLOWANCE`] times that many messages in all.
     fn push(&self, message: pb::ChatMessage, capacity: usize) -> bool {
         let mut state = self.lock();
         if state.end.is_some() {
             return true; // Ending anyway; nothing more is delivered.
         }
-        if state.queue.len() >= capacity {
+        let is_notice = message.sender == SYSTEM_SENDER;
+        let full = if is_notice {
+            state.queue.len() >= capacity.saturating_mul(NOTICE_ALLOWANCE)
+        } else {
+            state.chat_queued >= capacity
+        };
+        if full {
             return false;
+        }
+        if !is_notice {
+            state.chat_queued += 1;
         }
         state.queue.push_back(message);
         let waker = state.waker.take();
@@ -316,6 +337,7 @@ impl Mailbox {
         if state.end.is_none() {
             if outcome.is_err() {
                 state.queue = VecDeque::new();
+                state.chat_queued = 0;
             }
             state.end = Some(outcome);
         }
@@ -346,6 +368,9 @@ impl Stream for Outbound {
             }
         }
         if let Some(message) = state.queue.pop_front() {
+            if message.sender != SYSTEM_SENDER {
+                state.chat_queued -= 1;
+            }
             return Poll::Ready(Some(Ok(message)));
         }
         if state.end.is_some() {
@@ -474,8 +499,9 @@ mod tests {
         let mut stuck = room.join(gauge.enter()).expect("join");
         let mut stuck_out = stuck.outbound();
         drain(&mut talker_out);
-        // The stuck member holds its join notice; two more fill its queue of three.
-        for word in ["a", "b", "c"] {
+        // Notices do not count: three chat messages fill the stuck member's queue of three,
+        // and the fourth cuts it off.
+        for word in ["a", "b", "c", "d"] {
             talker.say(text(word)).expect("say");
             let (lines, _) = drain(&mut talker_out);
             assert_eq!(lines[0], format!("Client(1): {word}"));
@@ -492,10 +518,45 @@ mod tests {
             ],
             "the backlog is dropped, the error comes at once"
         );
-        // talker saw "c" and the leave notice in the same drain above.
+        // talker saw "d" and the leave notice in the same drain above.
         drop(stuck);
-        talker.say(text("d")).expect("still works");
-        assert_eq!(drain(&mut talker_out).0, ["Client(1): d"]);
+        talker.say(text("e")).expect("still works");
+        assert_eq!(drain(&mut talker_out).0, ["Client(1): e"]);
+    }
+
+    /// A burst of joins, far more than a member's chat capacity, does not cut off a member
+    /// that has not read yet; past the notice allowance it does, so memory stays bounded.
+    #[test]
+    fn join_bursts_stay_within_the_notice_allowance() {
+        let (room, gauge) = room(3);
+        let mut first = room.join(gauge.enter()).expect("join");
+        let mut first_out = first.outbound();
+        let mut others = Vec::new();
+        // The first member's own join notice is queued too: it takes 3 × 16 in all.
+        for _ in 0..(3 * NOTICE_ALLOWANCE - 1) {
+            others.push(room.join(gauge.enter()).expect("join"));
+        }
+        assert!(
+            room.member_numbers().contains(&1),
+            "a join burst cut a member off"
+        );
+        let (lines, end) = drain(&mut first_out);
+        assert_eq!(end, None);
+        assert_eq!(lines.len(), 3 * NOTICE_ALLOWANCE);
+        assert_eq!(lines[1], "System: Client(2) has joined the chat");
+
+        // Now unread again: one notice past the allowance cuts it off.
+        for _ in 0..=(3 * NOTICE_ALLOWANCE) {
+            others.push(room.join(gauge.enter()).expect("join"));
+        }
+        assert!(
+            !room.member_numbers().contains(&1),
+            "notices must stay bounded"
+        );
+        assert_eq!(
+            drain(&mut first_out).1,
+            Some(tonic::Code::ResourceExhausted)
+        );
     }
 
     /// Over-long messages are refused with the limit named; nothing is delivered.

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The whole suite under docker-compose, tested as a user meets it: `up --build`, every
+# service healthy, each client run from the host against the published ports, audit events
+# crossing the compose network to the logger (also across a logger outage), log rows
+# surviving a restart of the stack, and `down` leaving nothing running.
+#
+# It runs its own compose project with OS-chosen host ports and a temporary data folder, so
+# it never disturbs a stack or server already running here. Fails fast, naming the step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export COMPOSE_PROJECT_NAME=grpcsuite-test
+work=$(mktemp -d /var/tmp/compose-test.XXXXXX)
+export DATA_ROOT="$work/data"
+mkdir -p "$DATA_ROOT"/{uploaded_files,streamed_files,logs_data}
+compose() { docker-compose "$@"; }
+
+passed=0
+step() { echo "--- $*"; }
+ok() { passed=$((passed + 1)); echo "ok: $*"; }
+fail() { echo "FAILED: $*" >&2; echo "compose: $passed passed, 1 failed"; exit 1; }
+
+cleanup() {
+  compose logs --no-color --tail 30 >"$work/compose.log" 2>&1 || true
+  compose down --remove-orphans --timeout 15 >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Docker publishes the ports itself, so these are free ports picked by the OS a moment ago.
+read -r FILE_SERVICE_PORT RANDOM_SERVICE_PORT STREAMING_SERVICE_PORT AUTH_SERVICE_PORT LOGGER_SERVICE_PORT < <(
+  python3 -c 'import socket
+socks = [socket.socket() for _ in range(5)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])'
+)
+export FILE_SERVICE_PORT RANDOM_SERVICE_PORT STREAMING_SERVICE_PORT AUTH_SERVICE_PORT LOGGER_SERVICE_PORT
+
+step "base images and host clients"
+bash scripts/docker-base-images.sh
+cargo build --quiet --locked --workspace --bins
+bin=target/debug
+
+step "docker-compose up -d --build"
+compose up -d --build --quiet-pull 2>&1 | tail -n 5 || fail "compose up"
+
+wait_healthy() {
+  local deadline=$((SECONDS + 120)) service id state
+  for service in file-service random-service streaming-service logger-service auth-service; do
+    while :; do
+      id=$(compose ps -q "$service")
+      state=$(docker inspect -f '{{.State.Health.Status}}' "$id" 2>/dev/null || echo missing)
+      [ "$state" = healthy ] && break
+      [ $SECONDS -lt $deadline ] || { compose logs --tail 20 "$service"; fail "$service is $state, not healthy"; }
+      sleep 1
+    done
+  done
+}
+wait_healthy
+ok "all five services healthy"
+
+url() { echo "http://127.0.0.1:$1"; }
+
+step "file service"
+[ "$($bin/file_client --server "$(url "$FILE_SERVICE_PORT")" hello Compose)" = "Hello, Compose!" ] || fail "hello"
+echo "written through compose" | $bin/file_client --server "$(url "$FILE_SERVICE_PORT")" write - --as compose.txt >/dev/null
+[ "$(cat "$DATA_ROOT/uploaded_files/compose.txt")" = "written through compose" ] || fail "file not in ./uploaded_files"
+ok "file service: hello, and a written file lands in uploaded_files"
+
+step "streaming upload"
+head -c 3000000 /dev/urandom >"$work/upload.bin"
+$bin/streaming_client --server "$(url "$STREAMING_SERVICE_PORT")" upload "$work/upload.bin" >"$work/upload.out" \
+  || { cat "$work/upload.out"; fail "upload"; }
+cmp "$work/upload.bin" "$DATA_ROOT/streamed_files/upload.bin" || fail "uploaded bytes differ"
+ok "streaming: a 3 MB upload lands intact in streamed_files"
+
+step "random numbers"
+rows=$($bin/random_client --server "$(url "$RANDOM_SERVICE_PORT")" --min 1 --max 6 --count 5 --delay 0 \
+  | grep -cE '^ +[1-5] +\| +[1-6] +\| [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}$' || true)
+[ "$rows" = 5 ] || fail "expected 5 table rows, got $rows"
+ok "random: five numbers in the table"
+
+step "chat between two clients"
+chat() { $bin/streaming_client --server "$(url "$STREAMING_SERVICE_PORT")" chat; }
+{ sleep 4; echo quit; } | chat >"$work/chat-a.out" 2>&1 &
+listener=$!
+sleep 1
+{ echo "hello from B"; sleep 1; echo quit; } | chat >"$work/chat-b.out" 2>&1
+wait "$listener" || fail "first chat client failed: $(cat "$work/chat-a.out")"
+grep -qE 'Client\([0-9]+\): hello from B' "$work/chat-a.out" || fail "A did not see B's line: $(cat "$work/chat-a.out")"
+ok "chat: a line from one client reaches the other"
+
+# The logger's rows of one event type, read straight from the host's ./logs_data.
+count_events() {
+  $bin/logger_query --db "$DATA_ROOT/logs_data/logs.db" --type "$1" --limit 1000 2>/dev/null \
+    | sed -n 's/^Total: \([0-9]*\) logs$/\1/p'
+}
+wait_events() { # TYPE COUNT
+  local deadline=$((SECONDS + 60))
+  until [ "$(count_events "$1")" = "$2" ]; do
+    [ $SECONDS -lt $deadline ] || fail "expected $2 $1 events, found '$(count_events "$1")'"
+    sleep 1
+  done
+}
+login_logout() {
+  timeout 20 $bin/auth_client --server "$(url "$AUTH_SERVICE_PORT")" --logout-after 0 >"$work/auth.out" \
+    || fail "auth_client: $(cat "$work/auth.out")"
+}
+
+step "auth events reach the logger by service name"
+login_logout
+wait_events SESSION_STARTED 1
+wait_events SESSION_TERMINATED 1
+ok "auth: login and logout recorded in logs_data/logs.db"
+
+step "logger outage"
+compose stop logger-service >/dev/null 2>&1
+login_logout
+compose start logger-service >/dev/null 2>&1
+wait_events SESSION_STARTED 2
+wait_events SESSION_TERMINATED 2
+ok "auth: events from a logger outage delivered once it is back"
+
+step "restart of the whole stack"
+compose down --timeout 15 >/dev/null 2>&1
+compose up -d >/dev/null 2>&1
+wait_healthy
+[ "$(count_events SESSION_STARTED)" = 2 ] || fail "log rows lost across a restart"
+ok "restart: log rows still there"
+
+compose down --remove-orphans --timeout 15 >/dev/null 2>&1
+[ -z "$(docker ps -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME")" ] || fail "containers still running"
+ok "down: no containers left"
+echo "compose: $passed passed, 0 failed"
