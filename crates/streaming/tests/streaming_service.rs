@@ -75,6 +75,22 @@ async fn settle(gauge: &Gauge, value: usize) {
         .unwrap_or_else(|_| panic!("gauge stayed at {} instead of {value}", gauge.get()));
 }
 
+/// Opens a time stream and waits for its first update, so the server's producer is running.
+async fn first_time(
+    client: &mut StreamingServiceClient<tonic::transport::Channel>,
+) -> tonic::Streaming<pb::TimeResponse> {
+    let mut times = client
+        .stream_server_time(pb::Empty {})
+        .await
+        .expect("stream")
+        .into_inner();
+    tokio::time::timeout(TIMEOUT, times.message())
+        .await
+        .expect("in time")
+        .expect("ok");
+    times
+}
+
 fn chunk(filename: &str, data: &[u8], is_last_chunk: bool) -> pb::FileChunk {
     pb::FileChunk {
         filename: filename.to_owned(),
@@ -143,45 +159,21 @@ async fn time_stream_stops_with_its_client_and_at_shutdown() {
 
     // Cancelled call: the response stream is dropped.
     let mut client = harness.client().await;
-    let mut times = client
-        .stream_server_time(pb::Empty {})
-        .await
-        .expect("stream")
-        .into_inner();
-    tokio::time::timeout(TIMEOUT, times.message())
-        .await
-        .expect("in time")
-        .expect("ok");
+    let times = first_time(&mut client).await;
     assert_eq!(gauge.get(), 1);
     drop(times);
     settle(&gauge, 0).await;
 
     // A dropped connection: every handle on the channel goes.
     let mut client = harness.client().await;
-    let mut times = client
-        .stream_server_time(pb::Empty {})
-        .await
-        .expect("stream")
-        .into_inner();
-    tokio::time::timeout(TIMEOUT, times.message())
-        .await
-        .expect("in time")
-        .expect("ok");
+    let times = first_time(&mut client).await;
     settle(&gauge, 1).await;
     drop((client, times));
     settle(&gauge, 0).await;
 
     // Shutdown ends the stream with OK after what was sent.
     let mut client = harness.client().await;
-    let mut times = client
-        .stream_server_time(pb::Empty {})
-        .await
-        .expect("stream")
-        .into_inner();
-    tokio::time::timeout(TIMEOUT, times.message())
-        .await
-        .expect("in time")
-        .expect("ok");
+    let mut times = first_time(&mut client).await;
     harness.server.stop().await.expect("clean stop");
     loop {
         match tokio::time::timeout(TIMEOUT, times.message())
