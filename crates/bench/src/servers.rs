@@ -1,15 +1,16 @@
 //! The hidden `grpc_bench serve <kind>` side: one server, run in this process through its
 //! crate's library exactly as its own binary runs it, so the benchmark can start it as a
-//! child process and read its memory from /proc. Also the bare tonic SayHello server that
-//! is the reference for what our shared plumbing costs.
+//! child process and read its memory from /proc. Also the bare tonic server (SayHello and a
+//! ChatStream echo) that is the reference for what our shared plumbing and our chat room
+//! cost.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use grpc_suite::file as pb;
+use grpc_suite::{file as pb, streaming};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, transport::server::TcpIncoming};
+use tonic::{Request, Response, Status, Streaming, transport::server::TcpIncoming};
 
 /// Which server `grpc_bench serve` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,8 +25,9 @@ pub enum ServerKind {
     Logger,
     /// The auth service (`auth_service::serve`); needs `--logger-url`.
     Auth,
-    /// A bare tonic server answering `file.FileService/SayHello`, with no health,
-    /// reflection, tracing or layers: the reference the file service is compared with.
+    /// A bare tonic server answering `file.FileService/SayHello` and echoing
+    /// `streaming.StreamingService/ChatStream`, with no health, reflection, tracing or
+    /// layers: the reference the file service and the chat room are compared with.
     Bare,
 }
 
@@ -155,13 +157,14 @@ pub async fn serve(
 const BARE_DRAIN: Duration = Duration::from_secs(2);
 
 /// The reference: tonic's Greeter example shape (`Server::builder().add_service(..)`),
-/// serving the file service's SayHello and nothing else. TCP_NODELAY is on, as tonic's
-/// builder sets it by default when it binds the address itself.
+/// serving the file service's SayHello and a ChatStream echo, nothing else. TCP_NODELAY is
+/// on, as tonic's builder sets it by default when it binds the address itself.
 pub async fn serve_bare(listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal = shutdown.clone().cancelled_owned();
     let server = tonic::transport::Server::builder()
         .add_service(pb::file_service_server::FileServiceServer::new(BareGreeter))
+        .add_service(streaming::streaming_service_server::StreamingServiceServer::new(BareChat))
         .serve_with_incoming_shutdown(incoming, signal);
     let deadline = async {
         shutdown.cancelled().await;
@@ -223,5 +226,45 @@ impl pb::file_service_server::FileService for BareGreeter {
         Err(Status::unimplemented(
             "the bare reference serves SayHello only",
         ))
+    }
+}
+
+/// ChatStream at tonic's floor: each inbound message is sent straight back to its sender
+/// (no room, no broadcast, no task, no queue). The response stream *is* the request stream,
+/// so what a connected client costs here is tonic's and hyper's own per-stream state (the
+/// request decoder, the response encoder, h2's stream) and, with a connection per client,
+/// the connection's.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BareChat;
+
+#[tonic::async_trait]
+impl streaming::streaming_service_server::StreamingService for BareChat {
+    type StreamServerTimeStream = tokio_stream::Empty<Result<streaming::TimeResponse, Status>>;
+    /// The echo's response stream: the inbound stream itself, passed through.
+    type ChatStreamStream = Streaming<streaming::ChatMessage>;
+
+    async fn stream_server_time(
+        &self,
+        _request: Request<streaming::Empty>,
+    ) -> Result<Response<Self::StreamServerTimeStream>, Status> {
+        Err(Status::unimplemented(
+            "the bare reference serves ChatStream only",
+        ))
+    }
+
+    async fn stream_upload_file(
+        &self,
+        _request: Request<Streaming<streaming::FileChunk>>,
+    ) -> Result<Response<streaming::FileResponse>, Status> {
+        Err(Status::unimplemented(
+            "the bare reference serves ChatStream only",
+        ))
+    }
+
+    async fn chat_stream(
+        &self,
+        request: Request<Streaming<streaming::ChatMessage>>,
+    ) -> Result<Response<Self::ChatStreamStream>, Status> {
+        Ok(Response::new(request.into_inner()))
     }
 }

@@ -65,6 +65,15 @@ struct RunArgs {
     /// Chat joins in progress at once in the join phase.
     #[arg(long, env = "GRPC_BENCH_CHAT_JOIN_PARALLELISM")]
     chat_join_parallelism: Option<usize>,
+    /// HTTP/2 connections the join phase's clients share (round-robin), on both the
+    /// streaming server and the bare reference; 0 (the default): one per client.
+    #[arg(long, env = "GRPC_BENCH_CHAT_JOIN_CONNECTIONS")]
+    chat_join_connections: Option<usize>,
+    /// Messages each join-phase client sends to the bare echo and reads back, one at a
+    /// time (default 1). Our server's clients each receive about N/2 join notices; this
+    /// lets the bare reference carry similar traffic.
+    #[arg(long, env = "GRPC_BENCH_CHAT_ECHO_MESSAGES")]
+    chat_echo_messages: Option<usize>,
     /// Sessions opened then closed to measure logouts/s.
     #[arg(long, env = "GRPC_BENCH_LOGOUT_SESSIONS")]
     logout_sessions: Option<usize>,
@@ -139,6 +148,12 @@ async fn measure(args: RunArgs) -> anyhow::Result<()> {
     settings.chat_join_parallelism = args
         .chat_join_parallelism
         .unwrap_or(settings.chat_join_parallelism);
+    settings.chat_join_connections = args
+        .chat_join_connections
+        .unwrap_or(settings.chat_join_connections);
+    settings.chat_echo_messages = args
+        .chat_echo_messages
+        .unwrap_or(settings.chat_echo_messages);
     settings.logout_sessions = args.logout_sessions.unwrap_or(settings.logout_sessions);
     let scenarios = if args.scenarios.is_empty() {
         Scenario::ALL.to_vec()

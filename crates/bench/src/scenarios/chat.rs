@@ -8,8 +8,18 @@
 //!   A message carries its id and send time (nanoseconds since a shared start), so every
 //!   delivery's send-to-receive latency is known.
 //! - **Joins**: N clients connect and join, `chat_join_parallelism` at a time; the time
-//!   until each has seen its own join announcement is the join time. Once every announcement has been read the server's
-//!   memory is sampled: its growth over N is the memory per connected client.
+//!   until each has seen its own join announcement is the join time. Once every
+//!   announcement has been read the server's memory is sampled: its growth over N is the
+//!   memory per connected client.
+//! - **The same against bare tonic**: N clients, in the same connection layout, each open
+//!   ChatStream on the bare reference (`grpc_bench serve bare`, which echoes each message
+//!   to its sender), send one message and read its echo; the bare server's growth over N
+//!   is tonic's and hyper's own cost per connected client, the floor ours is compared with.
+//!
+//! The join phase's clients each have their own HTTP/2 connection, or, with
+//! `chat_join_connections` = K > 0, share K connections round-robin (K = 1: every client
+//! is a stream on one connection), which separates the per-connection cost from the
+//! per-stream cost.
 
 use std::{
     sync::{
@@ -24,9 +34,9 @@ use grpc_suite::streaming as pb;
 use pb::streaming_service_client::StreamingServiceClient;
 use tokio::sync::{Barrier, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Streaming;
+use tonic::{Streaming, transport::Channel};
 
-use super::{CALL_TIMEOUT, Context, add_server_figures, connect};
+use super::{CALL_TIMEOUT, Context, add_server_figures, connect, connect_many};
 use crate::{
     process::{ServerProcess, mib},
     report::Measurement,
@@ -63,19 +73,38 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         .set("p99_ms", fan_out.latencies.quantile_us(0.99) / 1e3)
         .set("fanout_peak_rss_mib", mib(peak_fan_out));
 
+    let layout = JoinLayout {
+        count: settings.chat_joins,
+        parallelism: settings.chat_join_parallelism,
+        connections: settings.chat_join_connections,
+        echoes: settings.chat_echo_messages,
+    };
     let server =
         ServerProcess::start(ServerKind::Streaming, &context.server_dir("joins"), &[]).await?;
-    let joined = joins(&server, settings.chat_joins, settings.chat_join_parallelism).await;
+    let joined = joins(&server, &layout).await;
     add_server_figures(&mut measurement, "", &server)?;
     server.stop().await;
     let joined = joined.context("join phase")?;
+
+    let server = ServerProcess::start(ServerKind::Bare, &context.server_dir("bare"), &[]).await?;
+    let echoed = echo_joins(&server, &layout).await;
+    server.stop().await;
+    let echoed = echoed.context("join phase against the bare reference")?;
+
+    let clients = settings.chat_joins.max(1) as f64;
+    let per_client = joined.growth_kib / clients;
+    let bare_per_client = echoed.growth_kib / clients;
     measurement
         .set("joins", settings.chat_joins as f64)
+        .set("join_connections", layout.connection_count() as f64)
         .set("join_ms", joined.elapsed.as_secs_f64() * 1e3)
+        .set("rss_per_client_kib", per_client)
+        .set("bare_rss_per_client_kib", bare_per_client)
         .set(
-            "rss_per_client_kib",
-            joined.growth_kib / settings.chat_joins.max(1) as f64,
-        );
+            "rss_ratio_to_bare",
+            per_client / bare_per_client.max(f64::MIN_POSITIVE),
+        )
+        .set("bare_join_ms", echoed.elapsed.as_secs_f64() * 1e3);
     Ok(measurement)
 }
 
@@ -92,9 +121,9 @@ struct Member {
     incoming: Streaming<pb::ChatMessage>,
 }
 
-/// Connects (its own connection) and joins; returns once the own announcement arrived.
-async fn join(url: &str, queue: usize) -> anyhow::Result<Member> {
-    let mut client = StreamingServiceClient::new(connect(url).await?);
+/// Joins over `channel`; returns once the own announcement arrived.
+async fn join(channel: Channel, queue: usize) -> anyhow::Result<Member> {
+    let mut client = StreamingServiceClient::new(channel);
     let (outgoing, requests) = mpsc::channel(queue.max(1));
     let mut incoming = tokio::time::timeout(
         CALL_TIMEOUT,
@@ -127,7 +156,7 @@ async fn next_message(
 async fn fan_out(url: &str, clients: usize, messages: usize) -> anyhow::Result<FanOut> {
     let mut members = Vec::with_capacity(clients);
     for _ in 0..clients {
-        members.push(join(url, messages + 1).await?);
+        members.push(join(connect(url).await?, messages + 1).await?);
     }
     let flow = Arc::new(Flow {
         window: Semaphore::new(WINDOW),
@@ -256,9 +285,51 @@ struct Joins {
     growth_kib: f64,
 }
 
-async fn joins(server: &ServerProcess, count: usize, parallelism: usize) -> anyhow::Result<Joins> {
+/// How the join phase's clients reach a server.
+struct JoinLayout {
+    /// Clients (N).
+    count: usize,
+    /// Joins in progress at once.
+    parallelism: usize,
+    /// Connections shared round-robin; 0: one per client.
+    connections: usize,
+    /// Messages each client sends to the bare echo (and reads back), one at a time.
+    echoes: usize,
+}
+
+impl JoinLayout {
+    /// How many HTTP/2 connections the clients use in all.
+    fn connection_count(&self) -> usize {
+        if self.connections == 0 {
+            self.count
+        } else {
+            self.connections.min(self.count.max(1))
+        }
+    }
+
+    /// The shared connections, opened before the clock starts; empty for one per client.
+    async fn shared(&self, url: &str) -> anyhow::Result<Arc<Vec<Channel>>> {
+        Ok(Arc::new(if self.connections == 0 {
+            Vec::new()
+        } else {
+            connect_many(url, self.connection_count()).await?
+        }))
+    }
+}
+
+/// Client `index`'s connection: a new one, or its share of `shared`.
+async fn channel_for(index: usize, url: &str, shared: &[Channel]) -> anyhow::Result<Channel> {
+    match shared.len() {
+        0 => connect(url).await,
+        len => Ok(shared[index % len].clone()),
+    }
+}
+
+async fn joins(server: &ServerProcess, layout: &JoinLayout) -> anyhow::Result<Joins> {
+    let (count, parallelism) = (layout.count, layout.parallelism);
     let url = server.url();
     let before = server.memory()?.rss_kib;
+    let shared = layout.shared(&url).await?;
     // Every member reads every later member's announcement: n(n+1)/2 in all.
     let expected = (count * (count + 1) / 2) as u64;
     let announcements = Arc::new(AtomicU64::new(0));
@@ -267,8 +338,8 @@ async fn joins(server: &ServerProcess, count: usize, parallelism: usize) -> anyh
     let in_progress = Arc::new(Semaphore::new(parallelism.max(1)));
     let started = Instant::now();
     let mut joining = tokio::task::JoinSet::new();
-    for _ in 0..count {
-        let url = url.clone();
+    for index in 0..count {
+        let (url, shared) = (url.clone(), Arc::clone(&shared));
         let (announcements, cut_off) = (Arc::clone(&announcements), Arc::clone(&cut_off));
         let in_progress = Arc::clone(&in_progress);
         joining.spawn(async move {
@@ -276,7 +347,7 @@ async fn joins(server: &ServerProcess, count: usize, parallelism: usize) -> anyh
                 .acquire_owned()
                 .await
                 .context("join limiter closed")?;
-            let member = join(&url, 1).await?;
+            let member = join(channel_for(index, &url, &shared).await?, 1).await?;
             drop(permit);
             // Its own announcement was read by `join`; from here on, every later one is
             // read as it comes, so no queue builds up while the others are still joining.
@@ -321,6 +392,79 @@ async fn joins(server: &ServerProcess, count: usize, parallelism: usize) -> anyh
         elapsed,
         growth_kib: after.saturating_sub(before) as f64,
     })
+}
+
+/// The join phase against the bare reference: each client opens ChatStream (in the same
+/// layout, as many at once), sends one message (or `echoes`, one after the other) and
+/// reads its echo, and stays connected until the server's memory has been sampled.
+async fn echo_joins(server: &ServerProcess, layout: &JoinLayout) -> anyhow::Result<Joins> {
+    let url = server.url();
+    let before = server.memory()?.rss_kib;
+    let shared = layout.shared(&url).await?;
+    let in_progress = Arc::new(Semaphore::new(layout.parallelism.max(1)));
+    let started = Instant::now();
+    let mut joining = tokio::task::JoinSet::new();
+    let echoes = layout.echoes.max(1);
+    for index in 0..layout.count {
+        let (url, shared) = (url.clone(), Arc::clone(&shared));
+        let in_progress = Arc::clone(&in_progress);
+        joining.spawn(async move {
+            let _permit = in_progress
+                .acquire_owned()
+                .await
+                .context("join limiter closed")?;
+            let channel = channel_for(index, &url, &shared).await?;
+            echo(channel, index, echoes).await
+        });
+    }
+    // Every client holds its stream open (both halves) until the sample is taken.
+    let mut connected = Vec::with_capacity(layout.count);
+    while let Some(joined) = joining.join_next().await {
+        connected.push(joined.context("a joining client panicked")??);
+    }
+    let elapsed = started.elapsed();
+    let after = server.memory()?.rss_kib;
+    drop(connected);
+    Ok(Joins {
+        elapsed,
+        growth_kib: after.saturating_sub(before) as f64,
+    })
+}
+
+/// Opens ChatStream over `channel`, then `count` times sends a message and waits for it to
+/// come back.
+async fn echo(channel: Channel, index: usize, count: usize) -> anyhow::Result<Member> {
+    let mut client = StreamingServiceClient::new(channel);
+    let (outgoing, requests) = mpsc::channel(1);
+    let message = |sequence: usize| pb::ChatMessage {
+        sender: String::new(),
+        message: format!("echo {index} {sequence}"),
+        timestamp: "00:00:00".to_owned(),
+    };
+    // The first message goes with the call, as a chat client's first line would.
+    outgoing
+        .send(message(0))
+        .await
+        .context("queueing the message")?;
+    let mut incoming = tokio::time::timeout(
+        CALL_TIMEOUT,
+        client.chat_stream(ReceiverStream::new(requests)),
+    )
+    .await
+    .context("ChatStream did not answer")?
+    .context("ChatStream")?
+    .into_inner();
+    for sequence in 0..count {
+        if sequence > 0 {
+            outgoing.send(message(sequence)).await.context("sending")?;
+        }
+        let echo = next_message(&mut incoming)
+            .await?
+            .context("the echo stream ended early")?;
+        let sent = message(sequence);
+        anyhow::ensure!(echo == sent, "expected {sent:?} back, got {echo:?}");
+    }
+    Ok(Member { outgoing, incoming })
 }
 
 /// Counts join announcements until the stream ends; notes a cut-off.

@@ -97,6 +97,10 @@ pub struct Settings {
     pub chat_joins: usize,
     /// Joins in progress at once (connect, join, first message) in the join phase.
     pub chat_join_parallelism: usize,
+    /// HTTP/2 connections the join phase's clients share, round-robin; 0: one each.
+    pub chat_join_connections: usize,
+    /// Messages each join-phase client exchanges with the bare echo (1: one round trip).
+    pub chat_echo_messages: usize,
     /// Logins in flight at once while measuring logins/s with the real argon2id cost.
     pub login_concurrency: usize,
     /// Sessions opened, then closed, to measure logouts/s.
@@ -120,6 +124,8 @@ impl Settings {
             chat_messages: 100,
             chat_joins: 1000,
             chat_join_parallelism: 64,
+            chat_join_connections: 0,
+            chat_echo_messages: 1,
             login_concurrency: 4,
             logout_sessions: 20_000,
             password_checks: 10,
@@ -140,6 +146,8 @@ impl Settings {
             chat_messages: 10,
             chat_joins: 20,
             chat_join_parallelism: 64,
+            chat_join_connections: 0,
+            chat_echo_messages: 1,
             login_concurrency: 2,
             logout_sessions: 200,
             password_checks: 2,
