@@ -112,6 +112,22 @@ pub async fn probe_health(listen_addr: std::net::SocketAddr) -> anyhow::Result<(
     Ok(())
 }
 
+/// The name a client stores a local file under: `--as NAME` when given, else the file's
+/// own name (the server keeps only a base name either way).
+pub fn upload_name(path: &std::path::Path, store_as: Option<String>) -> anyhow::Result<String> {
+    if let Some(name) = store_as {
+        return Ok(name);
+    }
+    let name = path.file_name().and_then(|name| name.to_str());
+    let name = name.with_context(|| {
+        format!(
+            "{} has no usable file name; give one with --as NAME",
+            path.display()
+        )
+    })?;
+    Ok(name.to_owned())
+}
+
 /// An error for a call the server refused or could not finish, worded for a person:
 /// `the server refused the request (INVALID_ARGUMENT): file name is empty`.
 pub fn status_error(status: Status) -> anyhow::Error {

@@ -152,18 +152,6 @@ async fn read_upload(
     let content = tokio::fs::read(path)
         .await
         .with_context(|| format!("reading {}", path.display()))?;
-    let name = match store_as {
-        Some(name) => name,
-        None => path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .with_context(|| {
-                format!(
-                    "{} has no usable file name; give one with --as NAME",
-                    path.display()
-                )
-            })?
-            .to_owned(),
-    };
+    let name = grpc_suite::cli::upload_name(path, store_as)?;
     Ok((name, content))
 }

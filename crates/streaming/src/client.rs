@@ -287,19 +287,7 @@ impl<W: Write> Session<W> {
         path: &Path,
         store_as: Option<String>,
     ) -> anyhow::Result<pb::FileResponse> {
-        let name = match store_as {
-            Some(name) => name,
-            None => path
-                .file_name()
-                .and_then(|name| name.to_str())
-                .with_context(|| {
-                    format!(
-                        "{} has no usable file name; give one with --as NAME",
-                        path.display()
-                    )
-                })?
-                .to_owned(),
-        };
+        let name = grpc_suite::cli::upload_name(path, store_as)?;
         let (size, local_sha256) = digest_file(path).await?;
         let bar = self.progress.then(|| progress_bar(size));
 

@@ -200,11 +200,45 @@ where
         .await??
     };
 
-    let mut idle_sink = Some(sink);
-    // The write in flight. Dropping this handle (an error return, or tonic dropping the
-    // whole handler when the client cancels) detaches the write; when it finishes, the
-    // sink is dropped with it and the temporary file deleted.
+    // The write in flight. If the client cancels, tonic drops this whole future and with
+    // it the handle, which detaches the write: when it finishes, the sink is dropped with
+    // it and the temporary file deleted (no one is waiting for an answer then).
     let mut writing: Option<JoinHandle<std::io::Result<UploadSink>>> = None;
+    let outcome = receive_chunks(&mut chunks, first, &plan, sink, &mut writing).await;
+    if outcome.is_err()
+        && let Some(write) = writing.take()
+    {
+        // A refusal is answered only once the write in flight has finished and dropped its
+        // sink: when the client hears "refused", no temporary file is left.
+        let _ = write.await;
+    }
+    let mut sink = outcome?;
+    let sha256 = hex::encode(std::mem::take(&mut sink.hasher).finalize());
+    // On a mismatch the sink drops here, deleting the temporary file.
+    plan.verify(sink.written, &sha256)?;
+    let written = sink.written;
+    tokio::task::spawn_blocking(move || sink.commit()).await??;
+    Ok(StoredUpload {
+        name: plan.name().clone(),
+        bytes_written: written,
+        sha256,
+    })
+}
+
+/// Writes `first` and every following chunk up to the last one, each on the blocking pool
+/// while the next is received, then checks that the client ended its stream. Returns the
+/// sink with everything written; on an error, a write may still be in flight in `writing`.
+async fn receive_chunks<S>(
+    chunks: &mut S,
+    first: pb::FileChunk,
+    plan: &UploadPlan,
+    sink: UploadSink,
+    writing: &mut Option<JoinHandle<std::io::Result<UploadSink>>>,
+) -> Result<UploadSink, StreamingError>
+where
+    S: Stream<Item = Result<pb::FileChunk, Status>> + Unpin,
+{
+    let mut idle_sink = Some(sink);
     let mut chunk = first;
     let mut index = 1u64;
     let mut received = 0u64;
@@ -219,11 +253,11 @@ where
         };
         let is_last = chunk.is_last_chunk;
         let data: Bytes = chunk.chunk_data;
-        writing = Some(tokio::task::spawn_blocking(move || sink.write(&data)));
+        *writing = Some(tokio::task::spawn_blocking(move || sink.write(&data)));
         if is_last {
             break;
         }
-        chunk = next_chunk(&mut chunks, received).await?;
+        chunk = next_chunk(chunks, received).await?;
         index += 1;
     }
 
@@ -234,20 +268,10 @@ where
         Some(Ok(_)) => return Err(StreamingError::ChunkAfterLast),
         Some(Err(status)) => return Err(StreamingError::Inbound(status)),
     }
-    let mut sink = match writing.take() {
-        Some(write) => write.await??,
-        None => return Err(StreamingError::Incomplete { received }),
-    };
-    let sha256 = hex::encode(std::mem::take(&mut sink.hasher).finalize());
-    // On a mismatch the sink drops here, deleting the temporary file.
-    plan.verify(sink.written, &sha256)?;
-    let written = sink.written;
-    tokio::task::spawn_blocking(move || sink.commit()).await??;
-    Ok(StoredUpload {
-        name: plan.name().clone(),
-        bytes_written: written,
-        sha256,
-    })
+    match writing.take() {
+        Some(write) => Ok(write.await??),
+        None => Err(StreamingError::Incomplete { received }),
+    }
 }
 
 /// The next chunk; a stream that ends here ends before the last chunk, so it was aborted.

@@ -316,8 +316,13 @@ async fn aborted_uploads_leave_nothing() {
         "{}",
         status.message()
     );
+    // Already true when the refusal arrives, not only once the server has settled.
+    assert!(
+        files_under(&harness.upload_dir()).is_empty(),
+        "{:?}",
+        files_under(&harness.upload_dir())
+    );
     settle(&harness.activity.uploads, 0).await;
-    assert!(files_under(&harness.upload_dir()).is_empty());
 }
 
 /// Hostile names are reduced to their base name inside the folder; names with nothing
