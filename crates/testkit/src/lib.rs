@@ -311,19 +311,28 @@ fn make_venv() -> anyhow::Result<PathBuf> {
         "python3 -m venv (is python3 installed?)",
     )?;
     let requirements = workspace_root().join("tests/python/requirements.txt");
-    run_checked(
-        Command::new(staging.path().join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(&requirements),
-        "pip install -r tests/python/requirements.txt",
-    )?;
+    let pip_install = |extra: &[&str]| {
+        run_checked(
+            Command::new(staging.path().join("bin/python"))
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                ])
+                .args(extra)
+                .arg("-r")
+                .arg(&requirements),
+            "pip install -r tests/python/requirements.txt",
+        )
+    };
+    // One retry, bypassing pip's shared cache: a first setup should not fail the suite
+    // over a dropped download or a cache another pip process is writing at that moment.
+    if let Err(first) = pip_install(&[]) {
+        eprintln!("retrying after: {first:#}");
+        pip_install(&["--no-cache-dir"])?;
+    }
     // Another test process may have won the race; either environment is complete.
     let staged = staging.keep();
     if std::fs::rename(&staged, &venv).is_err() {
