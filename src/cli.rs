@@ -66,24 +66,6 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-/// Binds a server's listening address and prints the startup line the old scripts printed,
-/// `<title> started on port <port>` (the real port, so `--addr 127.0.0.1:0` reports the one
-/// the OS picked; tests read it).
-pub async fn bind_announced(
-    addr: std::net::SocketAddr,
-    title: &str,
-) -> anyhow::Result<tokio::net::TcpListener> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    let port = listener
-        .local_addr()
-        .context("reading the bound address")?
-        .port();
-    println!("{title} started on port {port}");
-    Ok(listener)
-}
-
 /// The `--health-check` mode of every server binary (used by container health checks): asks
 /// the server listening on `listen_addr` (an unspecified address means this host) whether it
 /// is SERVING, via `grpc.health.v1`. Ok only for SERVING.

@@ -7,11 +7,13 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors the reflection service publishes.
 //! - [`server`]: serving a set of services with health, reflection, a decode-limit status
 //!   fix-up and graceful shutdown.
+//! - [`args`]: the flags every server and every client takes, defined once.
 //! - [`cli`]: what every binary's `main` shares: tracing setup, exit codes, connecting.
 //! - [`gauge`]: a live, awaitable count of in-flight work, for observing that it stopped.
 //! - [`storage`]: the rules for client-supplied file names and atomic file writes, used by
 //!   the file and streaming services alike.
 
+pub mod args;
 pub mod cli;
 pub mod gauge;
 pub mod server;
@@ -20,16 +22,25 @@ pub mod storage;
 /// Generated code for `protos/file_service.proto` (`package file;`).
 pub mod file {
     tonic::include_proto!("file");
+
+    /// The port the old system served this on, and ours by default.
+    pub const DEFAULT_PORT: u16 = 50051;
 }
 
 /// Generated code for `protos/random_service.proto` (`package random;`).
 pub mod random {
     tonic::include_proto!("random");
+
+    /// The port the old system served this on, and ours by default.
+    pub const DEFAULT_PORT: u16 = 50052;
 }
 
 /// Generated code for `protos/streaming_service.proto` (`package streaming;`).
 pub mod streaming {
     tonic::include_proto!("streaming");
+
+    /// The port the old system served this on, and ours by default.
+    pub const DEFAULT_PORT: u16 = 50053;
 }
 
 /// The auth and logger protos declare no package, so prost writes both into one module;
@@ -43,6 +54,9 @@ pub mod auth {
     pub use super::unpackaged::{
         AuthResponse, LoginRequest, LogoutRequest, auth_service_client, auth_service_server,
     };
+
+    /// The port the old system served this on, and ours by default.
+    pub const DEFAULT_PORT: u16 = 50054;
 }
 
 /// Generated code for `protos/logger_service.proto` (no package: `/LoggerService/<Method>`).
@@ -51,6 +65,9 @@ pub mod logger {
         LogEntry, LogFollowRequest, LogQueryRequest, LogQueryResponse, LogRequest, LogResponse,
         logger_service_client, logger_service_server,
     };
+
+    /// The port the old system served this on, and ours by default.
+    pub const DEFAULT_PORT: u16 = 50055;
 }
 
 /// The encoded `FileDescriptorSet` of every proto file, for server reflection.

@@ -29,9 +29,12 @@ pub use error::AuthError;
 pub use service::AuthService;
 
 /// The port the contract fixes (the old server listened elsewhere by mistake).
-pub const DEFAULT_PORT: u16 = 50054;
+pub const DEFAULT_PORT: u16 = grpc_suite::auth::DEFAULT_PORT;
 /// How long a session lasts by default.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest session lifetime accepted: ten years. Longer is a typo, and a lifetime near
+/// `u64::MAX` seconds would overflow the clock arithmetic of every expiry.
+pub const MAX_SESSION_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 /// The outbox file's name inside the data folder.
 pub const OUTBOX_FILE: &str = "auth_outbox.db";
 /// How often expired sessions are swept out of memory.

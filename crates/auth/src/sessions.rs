@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::MAX_SESSION_TTL;
 use uuid::Uuid;
 
 /// One logged-in session.
@@ -25,11 +26,13 @@ pub struct SessionStore {
 }
 
 impl SessionStore {
-    /// A store whose sessions last `ttl` from login.
+    /// A store whose sessions last `ttl` from login, at most [`MAX_SESSION_TTL`] (the
+    /// binary refuses more; a library caller's absurd value is capped rather than left to
+    /// overflow the clock at the first login).
     pub fn new(ttl: Duration) -> Self {
         Self {
             sessions: Mutex::new(HashMap::new()),
-            ttl,
+            ttl: ttl.min(MAX_SESSION_TTL),
         }
     }
 
@@ -107,5 +110,18 @@ mod tests {
         assert_eq!(store.len(), 1);
         assert_eq!(store.end(&live, later).as_deref(), Some("bob"));
         let _ = stale;
+    }
+
+    /// An absurd lifetime is capped, so the first login cannot overflow the clock.
+    #[test]
+    fn huge_lifetime_does_not_overflow() {
+        let store = SessionStore::new(Duration::MAX);
+        let now = Instant::now();
+        let id = store.start("alice", now);
+        assert_eq!(
+            store.end(&id, now + Duration::from_secs(365 * 24 * 60 * 60)).as_deref(),
+            Some("alice"),
+            "a year later the session is still live"
+        );
     }
 }

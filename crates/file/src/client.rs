@@ -14,27 +14,26 @@ pub const DEMO_NAME: &str = "gRPC User";
 /// The file the old demo wrote, and its content.
 pub const DEMO_FILE: (&str, &str) = ("test.txt", "Hello, this is a test file content!");
 
-/// One call to the file service.
-#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+/// One call to the file service (the binary maps its subcommands onto these).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Prints the server's greeting for NAME.
+    /// Prints the server's greeting for `name`.
     Hello {
         /// Who to greet.
         name: String,
     },
-    /// Prints the server's farewell for NAME.
+    /// Prints the server's farewell for `name`.
     Goodbye {
         /// Who to bid farewell.
         name: String,
     },
     /// Prints the server's local time.
     Time,
-    /// Uploads a local file (PATH `-` reads standard input; then --as is required).
+    /// Uploads a local file (`-` reads standard input; then `store_as` is required).
     Write {
         /// The local file to send, or `-` for standard input.
         path: PathBuf,
-        /// The name to store it under (default: the file name of PATH).
-        #[arg(long = "as", value_name = "NAME")]
+        /// The name to store it under (default: the file name of `path`).
         store_as: Option<String>,
     },
     /// Lists the files stored on the server, one per line.

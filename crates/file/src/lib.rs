@@ -21,7 +21,7 @@ pub use error::FileServiceError;
 pub use service::FileService;
 
 /// The port the old system used, and ours by default.
-pub const DEFAULT_PORT: u16 = 50051;
+pub const DEFAULT_PORT: u16 = grpc_suite::file::DEFAULT_PORT;
 
 /// The largest WriteFile content accepted by default: 64 MiB.
 pub const DEFAULT_MAX_FILE_SIZE: usize = 64 * 1024 * 1024;

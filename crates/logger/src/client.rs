@@ -10,41 +10,32 @@ use tonic::transport::Channel;
 
 use crate::{store::LogRow, table};
 
-/// One call to the logger service.
-#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+/// One call to the logger service (the binary maps its subcommands onto these).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Records one event.
+    /// Records one event; `timestamp` and `event_id` are optional.
     Log {
-        /// The event's type, e.g. SESSION_STARTED (1 to 64 characters).
-        #[arg(long = "type", value_name = "TYPE")]
+        /// The event's type, e.g. SESSION_STARTED.
         event_type: String,
-        /// Free text (up to 64 KiB).
-        #[arg(long)]
+        /// Free text.
         details: String,
-        /// When it happened, "YYYY-MM-DD HH:MM:SS.mmm" (default: when the server stores it).
-        #[arg(long)]
+        /// When it happened, `YYYY-MM-DD HH:MM:SS.mmm` (default: when the server stores it).
         timestamp: Option<String>,
-        /// An id of your choosing; sending the same id again stores nothing new.
-        #[arg(long)]
+        /// An id of the caller's choosing; the same id again stores nothing new.
         event_id: Option<String>,
     },
     /// Prints the newest events as a table, newest first.
     Query {
-        /// How many rows (default: the server's, 20; capped by the server).
-        #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+        /// How many rows (default: the server's).
         limit: Option<i32>,
         /// Only events of exactly this type.
-        #[arg(long = "type", value_name = "TYPE")]
         event_type: Option<String>,
     },
-    /// Prints the newest events, then each new one as it is stored, until Ctrl+C or the
-    /// server ends the stream.
+    /// Prints the newest `backlog` events, then each new one as it is stored.
     Follow {
         /// Only events of exactly this type.
-        #[arg(long = "type", value_name = "TYPE")]
         event_type: Option<String>,
         /// How many of the newest events to print first.
-        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..))]
         backlog: i32,
     },
 }

@@ -27,7 +27,7 @@ pub use service::LoggerService;
 pub use store::{Store, StoreError};
 
 /// The port the old system used, and ours by default.
-pub const DEFAULT_PORT: u16 = 50055;
+pub const DEFAULT_PORT: u16 = grpc_suite::logger::DEFAULT_PORT;
 
 /// The database the old system used, relative to the working folder.
 pub const DEFAULT_DB: &str = "logs_data/logs.db";

@@ -23,7 +23,7 @@ pub use metrics::StreamMetrics;
 pub use service::RandomService;
 
 /// The port the old system used, and ours by default.
-pub const DEFAULT_PORT: u16 = 50052;
+pub const DEFAULT_PORT: u16 = grpc_suite::random::DEFAULT_PORT;
 
 /// The most numbers one request may ask for, by default.
 pub const DEFAULT_MAX_COUNT: u32 = 1_000_000;

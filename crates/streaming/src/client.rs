@@ -8,6 +8,7 @@
 
 use std::{
     io::Write,
+    sync::Arc,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -36,40 +37,45 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// holding about 2 MiB.
 const CHUNKS_AHEAD: usize = 2;
 
-/// One step of the streaming client.
-#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+/// One step of the streaming client (the binary maps its subcommands onto these).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Prints the server's time once a second, until Ctrl+C or N updates.
+    /// Prints the server's time once a second, until Ctrl+C or `count` updates.
     Time {
         /// Stop after this many updates.
-        #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
     /// Uploads a file in 1 MiB chunks and checks the server's checksum against ours.
     Upload {
         /// The local file to send.
         path: PathBuf,
-        /// The name to store it under (default: the file name of PATH).
-        #[arg(long = "as", value_name = "NAME")]
+        /// The name to store it under (default: the file name of `path`).
         store_as: Option<String>,
     },
-    /// Joins the chat: sends each line of input, prints what everyone says; `quit`, end of
-    /// input or Ctrl+C leaves.
+    /// Joins the chat until `quit`, end of input or Ctrl+C.
     Chat,
 }
 
 /// How the full flow (no command) runs each step.
-#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowOptions {
-    /// Stop the time stream after N updates instead of at Ctrl+C.
-    #[arg(long, value_name = "N")]
+    /// Stop the time stream after this many updates instead of at Ctrl+C.
     pub time_updates: Option<u64>,
     /// Upload this file instead of asking for one.
-    #[arg(long, value_name = "PATH", conflicts_with = "skip_upload")]
     pub upload: Option<PathBuf>,
     /// Skip the upload step without asking.
-    #[arg(long)]
     pub skip_upload: bool,
+}
+
+/// Shows how far an upload has got. The binary draws a bar on a terminal; the library
+/// only reports, so it links no terminal code.
+pub trait Progress: Send + Sync + std::fmt::Debug {
+    /// An upload of `total` bytes starts.
+    fn start(&self, total: u64);
+    /// `bytes` more were handed to the network.
+    fn advance(&self, bytes: u64);
+    /// The upload ended, however it ended.
+    fn finish(&self);
 }
 
 /// Lines of input: standard input read on its own thread, or scripted lines in tests.
@@ -165,8 +171,8 @@ pub struct Session<W> {
     input: Input,
     interrupts: Interrupts,
     out: W,
-    /// Draw a progress bar on stderr during uploads (the binary: when stderr is a terminal).
-    pub progress: bool,
+    /// Told how far each upload has got (the binary: a bar when stderr is a terminal).
+    pub progress: Option<Arc<dyn Progress>>,
 }
 
 impl<W: Write> Session<W> {
@@ -177,7 +183,7 @@ impl<W: Write> Session<W> {
             input,
             interrupts,
             out,
-            progress: false,
+            progress: None,
         }
     }
 
@@ -289,7 +295,10 @@ impl<W: Write> Session<W> {
     ) -> anyhow::Result<pb::FileResponse> {
         let name = grpc_suite::cli::upload_name(path, store_as)?;
         let (size, local_sha256) = digest_file(path).await?;
-        let bar = self.progress.then(|| progress_bar(size));
+        let bar = self.progress.clone();
+        if let Some(bar) = &bar {
+            bar.start(size);
+        }
 
         let (chunks, receiver) = mpsc::channel(CHUNKS_AHEAD);
         let reader = tokio::spawn(read_chunks(
@@ -308,7 +317,7 @@ impl<W: Write> Session<W> {
             () = self.interrupts.next() => None,
         };
         if let Some(bar) = &bar {
-            bar.finish_and_clear();
+            bar.finish();
         }
         let Some(answer) = answer else {
             // Dropping the call cancels it; the server discards what it received.
@@ -443,7 +452,7 @@ async fn read_chunks(
     size: u64,
     sha256: String,
     chunks: mpsc::Sender<pb::FileChunk>,
-    bar: Option<indicatif::ProgressBar>,
+    bar: Option<Arc<dyn Progress>>,
 ) -> anyhow::Result<()> {
     let mut file = tokio::fs::File::open(&path).await?;
     let mut sent = 0u64;
@@ -470,7 +479,7 @@ async fn read_chunks(
             return Ok(()); // The call ended early; its answer says why.
         }
         if let Some(bar) = &bar {
-            bar.inc(read as u64);
+            bar.advance(read as u64);
         }
     }
     anyhow::ensure!(
@@ -489,13 +498,3 @@ async fn read_chunks(
     Ok(())
 }
 
-/// Bytes, rate and time left, on stderr.
-fn progress_bar(size: u64) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(size);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    bar
-}

@@ -32,7 +32,7 @@ pub use error::StreamingError;
 pub use service::StreamingService;
 
 /// The port the old system used, and ours by default.
-pub const DEFAULT_PORT: u16 = 50053;
+pub const DEFAULT_PORT: u16 = grpc_suite::streaming::DEFAULT_PORT;
 
 /// The largest upload accepted by default: 8 GiB.
 pub const DEFAULT_MAX_UPLOAD_SIZE: u64 = 8 * 1024 * 1024 * 1024;

@@ -4,18 +4,14 @@ use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
+use grpc_suite::args::{ClientArgs, Service};
 
 /// Logs in to the auth service and holds the session until Ctrl+C or SIGTERM.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
-    /// The auth server's URL.
-    #[arg(
-        long,
-        env = "AUTH_SERVICE_URL",
-        default_value = "http://localhost:50054"
-    )]
-    server: String,
+    #[command(flatten)]
+    connection: ClientArgs,
     /// Username.
     #[arg(long, env = "AUTH_CLIENT_USERNAME", default_value = "user1")]
     username: String,
@@ -35,10 +31,15 @@ struct Args {
     logout_after: Option<u64>,
 }
 
+const SERVICE: Service = Service {
+    env_prefix: "AUTH_SERVICE",
+    default_port: auth_service::DEFAULT_PORT,
+};
+
 #[tokio::main]
 async fn main() -> ExitCode {
     grpc_suite::cli::init_tracing("warn");
-    grpc_suite::cli::exit_code(run(Args::parse()).await)
+    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(SERVICE)).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -47,7 +48,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         args.password
     };
-    let channel = grpc_suite::cli::connect(&args.server).await?;
+    let channel = args.connection.connect().await?;
     let stop = async move {
         match args.logout_after {
             Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds)).await,
@@ -80,6 +81,6 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        <super::Args as clap::CommandFactory>::command().debug_assert();
+        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
     }
 }

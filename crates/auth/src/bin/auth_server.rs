@@ -1,65 +1,70 @@
-//! `auth_server`: the auth service on port 50054 (see the `auth_service` library).
+//! `auth_server`: the auth service (see the `auth_service` library).
 //! `auth_server --hash-password` turns a password on stdin into a users-file hash.
 
-use std::{io::BufRead, net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{io::BufRead, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use auth_service::Credentials;
 use clap::Parser;
+use grpc_suite::args::{ServerArgs, Service};
 
 /// Serves the auth service: logins, logouts, sessions, audit events to the logger.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, env = "AUTH_SERVICE_ADDR", default_value = "[::]:50054")]
-    addr: SocketAddr,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Users file: one `name:<argon2id PHC hash>` a line. Without it, only the demo
     /// account user1/pass123 exists.
     #[arg(long, env = "AUTH_SERVICE_USERS")]
     users: Option<PathBuf>,
-    /// Session lifetime in seconds.
-    #[arg(long, env = "AUTH_SERVICE_SESSION_TTL_SECS", default_value_t = auth_service::DEFAULT_SESSION_TTL.as_secs())]
+    /// Session lifetime in seconds (at most ten years).
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_SESSION_TTL_SECS",
+        default_value_t = auth_service::DEFAULT_SESSION_TTL.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=auth_service::MAX_SESSION_TTL.as_secs()),
+    )]
     session_ttl_secs: u64,
     /// Folder for the audit outbox file.
     #[arg(long, env = "AUTH_SERVICE_DATA_DIR", default_value = "logs_data")]
     data_dir: PathBuf,
-    /// The logger service that receives audit events.
+    /// The logger service that receives audit events: a URL, or HOST:PORT (plaintext).
     #[arg(
         long,
         env = "AUTH_SERVICE_LOGGER_ADDR",
-        default_value = "http://localhost:50055"
+        default_value_t = format!("http://localhost:{}", grpc_suite::logger::DEFAULT_PORT),
+        value_parser = grpc_suite::args::server_url,
     )]
     logger_addr: String,
     /// Read a password from standard input, print its argon2id hash for a users file, exit.
     #[arg(long)]
     hash_password: bool,
-    /// Ask the server at --addr whether it is serving (exit 0) or not (exit 1), then exit.
-    #[arg(long)]
-    health_check: bool,
 }
+
+const SERVICE: Service = Service {
+    env_prefix: "AUTH_SERVICE",
+    default_port: auth_service::DEFAULT_PORT,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     grpc_suite::cli::init_tracing("info");
-    grpc_suite::cli::exit_code(run(Args::parse()).await)
+    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(SERVICE)).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.hash_password {
         return print_hash();
     }
-    if args.health_check {
-        return grpc_suite::cli::probe_health(args.addr).await;
+    if args.server.health_check {
+        return args.server.probe_health().await;
     }
     let credentials = match &args.users {
         Some(path) => Credentials::load(path)?,
         None => {
             tracing::warn!(
                 "NO USERS FILE: serving only the demo account user1 / pass123. Use --users FILE in production."
-            );
-            eprintln!(
-                "WARNING: no --users file given; only the demo account user1 / pass123 can log in."
             );
             Credentials::demo()
                 .map_err(|error| anyhow::anyhow!("hashing the demo password: {error}"))?
@@ -70,7 +75,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         logger_url: args.logger_addr,
     };
-    let listener = grpc_suite::cli::bind_announced(args.addr, "Auth Service").await?;
+    let listener = args.server.bind_announced("Auth Service").await?;
     println!("Audit events go to the logger at {}", config.logger_url);
     let shutdown = grpc_suite::server::shutdown_on_signals();
     auth_service::serve(listener, credentials, &config, shutdown).await
@@ -95,6 +100,19 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        <super::Args as clap::CommandFactory>::command().debug_assert();
+        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
+    }
+
+    /// A session lifetime that would overflow the clock is refused when flags are parsed.
+    #[test]
+    fn absurd_session_lifetime_is_refused() {
+        let parse = |ttl: &str| {
+            grpc_suite::args::command::<super::Args>(super::SERVICE)
+                .try_get_matches_from(["auth_server", "--session-ttl-secs", ttl])
+        };
+        assert!(parse("3600").is_ok());
+        let error = parse("18446744073709551615").expect_err("refused");
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(parse("0").is_err(), "a session must last some time");
     }
 }

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 /// Load generator for the gRPC services: throughput, latency, startup time and memory.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     #[command(subcommand)]
     command: Command,

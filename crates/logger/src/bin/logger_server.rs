@@ -1,17 +1,17 @@
-//! `logger_server`: the logger service on port 50055 (see the `logger_service` library).
+//! `logger_server`: the logger service (see the `logger_service` library).
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser;
+use grpc_suite::args::{ServerArgs, Service};
 
 /// Serves the logger service: stores events in SQLite, answers queries, streams new events.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, env = "LOGGER_SERVICE_ADDR", default_value = "[::]:50055")]
-    addr: SocketAddr,
+    #[command(flatten)]
+    server: ServerArgs,
     /// The SQLite database file (it and its folder are created if missing).
     #[arg(long, env = "LOGGER_SERVICE_DB", default_value = logger_service::DEFAULT_DB)]
     db: PathBuf,
@@ -23,20 +23,22 @@ struct Args {
         value_parser = clap::value_parser!(u32).range(1..),
     )]
     max_query_limit: u32,
-    /// Ask the server at --addr whether it is serving (exit 0) or not (exit 1), then exit.
-    #[arg(long)]
-    health_check: bool,
 }
+
+const SERVICE: Service = Service {
+    env_prefix: "LOGGER_SERVICE",
+    default_port: logger_service::DEFAULT_PORT,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     grpc_suite::cli::init_tracing("info");
-    grpc_suite::cli::exit_code(run(Args::parse()).await)
+    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(SERVICE)).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.health_check {
-        return grpc_suite::cli::probe_health(args.addr).await;
+    if args.server.health_check {
+        return args.server.probe_health().await;
     }
     let config = logger_service::Config {
         db_path: args.db,
@@ -45,7 +47,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let store = logger_service::open_store(&config)
         .with_context(|| format!("opening the database {}", config.db_path.display()))?;
-    let listener = grpc_suite::cli::bind_announced(args.addr, "Logger Service").await?;
+    let listener = args.server.bind_announced("Logger Service").await?;
     let shown = std::fs::canonicalize(&config.db_path).unwrap_or_else(|_| config.db_path.clone());
     println!("Logs stored in: {}", shown.display());
     let shutdown = grpc_suite::server::shutdown_on_signals();
@@ -57,6 +59,6 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        <super::Args as clap::CommandFactory>::command().debug_assert();
+        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
     }
 }

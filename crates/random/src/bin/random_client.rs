@@ -5,20 +5,16 @@ use std::{io, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser;
+use grpc_suite::args::{ClientArgs, Service};
 use random_service::client::{self, Choices, Ending};
 
 /// Streams random numbers from the random number service and prints them as a table.
 /// Any of --min, --max, --count, --delay left out is asked for on standard input.
 #[derive(Debug, Parser)]
-#[command(version, about, allow_negative_numbers = true)]
+#[command(version, allow_negative_numbers = true)]
 struct Args {
-    /// The random number server's URL.
-    #[arg(
-        long,
-        env = "RANDOM_SERVICE_URL",
-        default_value = "http://localhost:50052"
-    )]
-    server: String,
+    #[command(flatten)]
+    connection: ClientArgs,
     /// Smallest number that may be drawn.
     #[arg(long)]
     min: Option<i32>,
@@ -33,10 +29,15 @@ struct Args {
     delay: Option<i32>,
 }
 
+const SERVICE: Service = Service {
+    env_prefix: "RANDOM_SERVICE",
+    default_port: random_service::DEFAULT_PORT,
+};
+
 #[tokio::main]
 async fn main() -> ExitCode {
     grpc_suite::cli::init_tracing("warn");
-    grpc_suite::cli::exit_code(run(Args::parse()).await)
+    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(SERVICE)).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -57,7 +58,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // End of input before every answer: the user is done.
         return Ok(());
     };
-    let channel = grpc_suite::cli::connect(&args.server).await?;
+    let channel = args.connection.connect().await?;
     let summary =
         client::print_stream(channel, request, &mut io::stdout().lock(), ctrl_c()).await?;
     if summary.ending == Ending::Interrupted {
@@ -82,6 +83,6 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        <super::Args as clap::CommandFactory>::command().debug_assert();
+        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
     }
 }

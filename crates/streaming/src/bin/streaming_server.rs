@@ -1,18 +1,18 @@
-//! `streaming_server`: the streaming service on port 50053 (see the `streaming_service`
+//! `streaming_server`: the streaming service (see the `streaming_service`
 //! library).
 
-use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, process::ExitCode};
+use std::{num::NonZeroUsize, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser;
+use grpc_suite::args::{ServerArgs, Service};
 
 /// Serves the streaming service: a time stream, chunked uploads and a chat room.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, env = "STREAMING_SERVICE_ADDR", default_value = "[::]:50053")]
-    addr: SocketAddr,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Folder that receives uploaded files (created if missing).
     #[arg(long, env = "STREAMING_SERVICE_DIR", default_value = "streamed_files")]
     dir: PathBuf,
@@ -25,20 +25,22 @@ struct Args {
     /// Chat messages that may wait for one client before it is cut off (at least 1).
     #[arg(long, env = "STREAMING_SERVICE_CHAT_QUEUE", default_value_t = streaming_service::DEFAULT_CHAT_QUEUE_CAPACITY)]
     chat_queue: NonZeroUsize,
-    /// Ask the server at --addr whether it is serving (exit 0) or not (exit 1), then exit.
-    #[arg(long)]
-    health_check: bool,
 }
+
+const SERVICE: Service = Service {
+    env_prefix: "STREAMING_SERVICE",
+    default_port: streaming_service::DEFAULT_PORT,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     grpc_suite::cli::init_tracing("info");
-    grpc_suite::cli::exit_code(run(Args::parse()).await)
+    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(SERVICE)).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.health_check {
-        return grpc_suite::cli::probe_health(args.addr).await;
+    if args.server.health_check {
+        return args.server.probe_health().await;
     }
     let config = streaming_service::Config {
         upload_dir: args.dir,
@@ -48,7 +50,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let storage = streaming_service::open_storage(&config)
         .with_context(|| format!("opening the upload folder {}", config.upload_dir.display()))?;
-    let listener = grpc_suite::cli::bind_announced(args.addr, "Streaming Service").await?;
+    let listener = args.server.bind_announced("Streaming Service").await?;
     println!("Files will be stored in: {}", storage.absolute().display());
     let shutdown = grpc_suite::server::shutdown_on_signals();
     let service = streaming_service::StreamingService::new(storage, &config);
@@ -60,6 +62,6 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        <super::Args as clap::CommandFactory>::command().debug_assert();
+        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
     }
 }
