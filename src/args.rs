@@ -8,12 +8,14 @@
 //!
 //! Libraries never see these types: a binary turns them into the library's plain `Config`.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
+
+use crate::tls::{ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
 
 /// What the shared flags need to know about the service a binary belongs to.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +36,15 @@ pub struct ServerArgs {
     /// Ask the server at --addr whether it is serving (exit 0) or not (exit 1), then exit.
     #[arg(long)]
     pub health_check: bool,
+    /// Serve TLS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Also require client certificates signed by this CA (mutual TLS); needs --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Flags every client takes to reach its server. `--server` may stand before or after a
@@ -43,6 +54,15 @@ pub struct ClientArgs {
     /// The server: a URL such as http://localhost:50051, or HOST:PORT (plaintext).
     #[arg(long, global = true, value_name = "URL", value_parser = server_url)]
     pub server: String,
+    /// Trust this CA (PEM) for an https:// server instead of the system's roots.
+    #[arg(long, global = true, value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// Present this client certificate (PEM) to the server (mutual TLS); needs --tls-key.
+    #[arg(long = "tls-cert", id = "client_cert", global = true, value_name = "PEM")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long = "tls-key", id = "client_key", global = true, value_name = "PEM")]
+    pub client_key: Option<PathBuf>,
 }
 
 /// Parses the process's arguments into `A`, with the shared flags' environment variables
@@ -59,15 +79,27 @@ pub fn command<A: CommandFactory>(service: Service) -> clap::Command {
     let prefix = service.env_prefix;
     let port = service.default_port;
     let mut command = A::command();
-    let defined = |command: &clap::Command, id: &str| {
-        command
-            .get_arguments()
-            .any(|argument| argument.get_id() == id)
-    };
+    // Each shared flag's environment variable, after the service's prefix. Clients and
+    // servers use distinct names, so a client run inside a server's container does not
+    // pick up the server's key as its own.
+    let environment = [
+        ("addr", "ADDR"),
+        ("tls_cert", "TLS_CERT"),
+        ("tls_key", "TLS_KEY"),
+        ("tls_client_ca", "TLS_CLIENT_CA"),
+        ("server", "URL"),
+        ("ca_cert", "CA_CERT"),
+        ("client_cert", "CLIENT_CERT"),
+        ("client_key", "CLIENT_KEY"),
+    ];
+    for (id, suffix) in environment {
+        if defined(&command, id) {
+            command = command.mut_arg(id, |argument| argument.env(format!("{prefix}_{suffix}")));
+        }
+    }
     if defined(&command, "addr") {
         command = command.mut_arg("addr", |argument| {
             argument
-                .env(format!("{prefix}_ADDR"))
                 .default_value(format!("[::]:{port}"))
                 // The derive marks a plain `String` required; the default now satisfies it.
                 .required(false)
@@ -76,7 +108,6 @@ pub fn command<A: CommandFactory>(service: Service) -> clap::Command {
     if defined(&command, "server") {
         command = command.mut_arg("server", |argument| {
             argument
-                .env(format!("{prefix}_URL"))
                 .default_value(format!("http://localhost:{port}"))
                 .required(false)
         });
@@ -84,12 +115,40 @@ pub fn command<A: CommandFactory>(service: Service) -> clap::Command {
     command
 }
 
+fn defined(command: &clap::Command, id: &str) -> bool {
+    command
+        .get_arguments()
+        .any(|argument| argument.get_id() == id)
+}
+
 impl ServerArgs {
     /// The `--health-check` mode: asks the server at `--addr` over `grpc.health.v1`; Ok only
     /// when it reports SERVING.
     pub async fn probe_health(&self) -> anyhow::Result<()> {
-        let address = resolve(&self.addr).await?;
-        crate::cli::probe_health(address).await
+        let address = crate::cli::local_target(resolve(&self.addr).await?);
+        match self.tls_files() {
+            None => crate::cli::probe_health(address).await,
+            Some(files) => {
+                let channel =
+                    crate::tls::probe_channel(address, &files, crate::cli::CONNECT_TIMEOUT).await?;
+                crate::cli::check_health(channel).await
+            }
+        }
+    }
+
+    /// The TLS files given, if any.
+    pub fn tls_files(&self) -> Option<ServerTlsFiles> {
+        Some(ServerTlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+
+    /// Loads and checks the TLS files, if any: a missing or unreadable file, a key that
+    /// does not match, or an expired certificate is an error here, before anything listens.
+    pub fn tls(&self) -> anyhow::Result<Option<ServerTls>> {
+        self.tls_files().map(|files| files.load()).transpose()
     }
 
     /// Binds `--addr` and prints the startup line the old scripts printed,
@@ -112,7 +171,21 @@ impl ClientArgs {
     /// Connects to `--server`, failing within a few seconds with one line naming the
     /// address when nothing answers there.
     pub async fn connect(&self) -> anyhow::Result<Channel> {
-        crate::cli::connect(&self.server).await
+        crate::cli::connect_with(&self.server, &self.tls()?).await
+    }
+
+    /// The TLS files given.
+    pub fn tls_files(&self) -> ClientTlsFiles {
+        ClientTlsFiles {
+            ca_cert: self.ca_cert.clone(),
+            cert: self.client_cert.clone(),
+            key: self.client_key.clone(),
+        }
+    }
+
+    /// Loads and checks the TLS files given.
+    pub fn tls(&self) -> anyhow::Result<ClientTls> {
+        self.tls_files().load()
     }
 }
 
@@ -228,6 +301,9 @@ mod tests {
         let args = ServerArgs {
             addr: "localhost:0".to_owned(),
             health_check: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         };
         let listener = args.bind_announced("Test Service").await.expect("binds");
         assert!(listener.local_addr().expect("address").ip().is_loopback());

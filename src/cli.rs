@@ -6,8 +6,10 @@ use std::{io, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use tonic::{Code, Status, transport::Channel};
 
+use crate::tls::ClientTls;
+
 /// How long a client waits for the TCP/HTTP2 connection before saying the server is down.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Installs the `tracing` subscriber for a binary: human-readable lines on stderr, filtered
 /// by `RUST_LOG` (default `info` for servers, `warn` for clients, via `default_filter`).
@@ -43,22 +45,51 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     })
 }
 
-/// Connects to `url` (e.g. `http://localhost:50051`), failing within a few seconds with a
-/// message that names the address when nothing answers there.
+/// Connects to `url` (e.g. `http://localhost:50051`; `https://` trusts the system's
+/// roots), failing within a few seconds with a message that names the address when nothing
+/// answers there.
 pub async fn connect(url: &str) -> anyhow::Result<Channel> {
-    let endpoint = Channel::from_shared(url.to_owned())
-        .with_context(|| {
-            format!("invalid server URL {url:?} (expected e.g. http://localhost:50051)")
-        })?
+    connect_with(url, &ClientTls::default()).await
+}
+
+/// [`connect`] with TLS settings: a private CA, a client certificate.
+pub async fn connect_with(url: &str, tls: &ClientTls) -> anyhow::Result<Channel> {
+    let endpoint = crate::tls::endpoint(url, tls)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
-    endpoint.connect().await.map_err(|error| {
-        anyhow::anyhow!("cannot reach the server at {url}: {}", root_cause(&error))
-    })
+    let host = endpoint.uri().host().unwrap_or_default().to_owned();
+    endpoint
+        .connect()
+        .await
+        .map_err(|error| connect_error(url, &host, tls, &error))
+}
+
+/// One line for a failed connection: a certificate the client could not verify names the
+/// host and the trusted CA; a handshake the server refused says so; anything else is the
+/// OS's own words.
+fn connect_error(
+    url: &str,
+    host: &str,
+    tls: &ClientTls,
+    error: &(dyn std::error::Error + 'static),
+) -> anyhow::Error {
+    let cause = root_cause(error);
+    if cause.contains("invalid peer certificate") {
+        anyhow::anyhow!(
+            "cannot verify the server at {url}: its certificate for {host:?} is not trusted by {} ({cause})",
+            tls.trusted()
+        )
+    } else if cause.contains("alert") {
+        anyhow::anyhow!(
+            "the server at {url} refused the TLS handshake (does it require a client certificate? --tls-cert, --tls-key): {cause}"
+        )
+    } else {
+        anyhow::anyhow!("cannot reach the server at {url}: {cause}")
+    }
 }
 
 /// The innermost cause, which for a refused connection is the OS's own words.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = error;
     while let Some(source) = cause.source() {
         cause = source;
@@ -67,17 +98,28 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The `--health-check` mode of every server binary (used by container health checks): asks
-/// the server listening on `listen_addr` (an unspecified address means this host) whether it
-/// is SERVING, via `grpc.health.v1`. Ok only for SERVING.
+/// the plaintext server listening on `listen_addr` (an unspecified address means this host)
+/// whether it is SERVING, via `grpc.health.v1`. Ok only for SERVING.
 pub async fn probe_health(listen_addr: std::net::SocketAddr) -> anyhow::Result<()> {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
+    let channel = connect(&format!("http://{}", local_target(listen_addr))).await?;
+    check_health(channel).await
+}
+
+/// The address a probe dials for a server listening on `listen_addr`: an unspecified
+/// address (`[::]`, `0.0.0.0`) means this host.
+pub fn local_target(listen_addr: std::net::SocketAddr) -> std::net::SocketAddr {
     let mut target = listen_addr;
     if target.ip().is_unspecified() {
         target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let channel = connect(&format!("http://{target}")).await?;
+    target
+}
+
+/// Asks the server behind `channel` over `grpc.health.v1`; Ok only for SERVING.
+pub async fn check_health(channel: Channel) -> anyhow::Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     let request = HealthCheckRequest {
         service: String::new(),
     };

@@ -10,6 +10,7 @@
 //! - [`args`]: the flags every server and every client takes, defined once.
 //! - [`cli`]: what every binary's `main` shares: tracing setup, exit codes, connecting.
 //! - [`gauge`]: a live, awaitable count of in-flight work, for observing that it stopped.
+//! - [`tls`]: checked TLS files for servers and clients, and the endpoint every client dials.
 //! - [`storage`]: the rules for client-supplied file names and atomic file writes, used by
 //!   the file and streaming services alike.
 
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod gauge;
 pub mod server;
 pub mod storage;
+pub mod tls;
 
 /// Generated code for `protos/file_service.proto` (`package file;`).
 pub mod file {
