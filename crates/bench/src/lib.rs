@@ -1,8 +1,10 @@
 //! grpc_bench: a load generator for the suite's services, in the spirit of ghz.
 //!
-//! `grpc_bench run` measures each [`Scenario`] against a server it starts itself as a child
-//! process (`grpc_bench serve <kind>`, see [`servers`]), so the server's startup time and
-//! memory are its own ([`process`]). Clients are the generated ones, over loopback. Each
+//! `grpc_bench run` measures each [`Scenario`] against servers it starts itself as child
+//! processes: the real server binaries, found next to grpc_bench, started as users start
+//! them ([`servers`]), and the bare tonic reference, grpc_bench re-executed as
+//! `grpc_bench serve bare` ([`bare`]). So each server's startup time and memory are its
+//! own. Clients are the generated ones, over loopback. Each
 //! scenario prints one `scenario=<name> key=value …` line ([`report`]); with `--repeat N`
 //! each run's line is followed by the per-figure medians, and a table compares the
 //! medians with the targets.
@@ -10,7 +12,7 @@
 //! - [`scenarios`]: the scenarios and the closed-loop load drivers they share;
 //! - [`stats`]: percentiles and medians.
 
-pub mod process;
+pub mod bare;
 pub mod report;
 pub mod scenarios;
 pub mod servers;
@@ -40,6 +42,12 @@ pub async fn run(
     options: &RunOptions,
     out: &mut impl Write,
 ) -> anyhow::Result<Vec<report::Measurement>> {
+    servers::check_binaries(
+        options
+            .scenarios
+            .iter()
+            .flat_map(|scenario| scenario.servers().iter().copied()),
+    )?;
     let data = tempfile::Builder::new()
         .prefix("grpc_bench")
         .tempdir()

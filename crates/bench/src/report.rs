@@ -55,6 +55,11 @@ impl Measurement {
     }
 }
 
+/// KiB as MiB, the unit the report uses for whole-process memory.
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
 /// The per-figure median of several runs of one scenario (figures missing from some runs
 /// take the median of the runs that have them), keeping the first run's order.
 pub fn median_of(runs: &[Measurement]) -> Option<Measurement> {

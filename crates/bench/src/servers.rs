@@ -1,29 +1,40 @@
-//! The hidden `grpc_bench serve <kind>` side: one server, run in this process through its
-//! crate's library exactly as its own binary runs it, so the benchmark can start it as a
-//! child process and read its memory from /proc. Also the bare tonic server (SayHello and a
-//! ChatStream echo) that is the reference for what our shared plumbing and our chat room
-//! cost.
+//! The servers under measurement, each started as a user starts it: the real server binary
+//! (`file_server`, …) found next to the running grpc_bench, on 127.0.0.1 port 0 with its
+//! data flags pointing into the scenario's temporary folder. Only the bare tonic reference,
+//! which has no binary, is grpc_bench itself re-executed (`grpc_bench serve bare`, see
+//! [`crate::bare`]). Child handling (startup line, /proc memory, kill) is
+//! [`testkit::ServerProcess`]'s; this module adds what the report needs: the startup time
+//! up to the first accepted TCP connection and the idle memory.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use grpc_suite::{file as pb, streaming};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming, transport::server::TcpIncoming};
+use testkit::{Launch, Memory, ServerProcess};
+use tokio::net::TcpStream;
 
-/// Which server `grpc_bench serve` runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// How long a server may take to print its port and accept a connection. Generous: the
+/// machine is shared, and a slow start is reported as a figure, not as a failure.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The command that builds every server binary next to an optimised grpc_bench.
+const BUILD_HINT: &str = "cargo build --release --workspace";
+
+/// Which server a scenario measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerKind {
-    /// The file service (`file_service::serve`).
+    /// The file service (`file_server`).
     File,
-    /// The random number service (`random_service::serve`).
+    /// The random number service (`random_server`).
     Random,
-    /// The streaming service (`streaming_service::serve`).
+    /// The streaming service (`streaming_server`).
     Streaming,
-    /// The logger service (`logger_service::serve`).
+    /// The logger service (`logger_server`).
     Logger,
-    /// The auth service (`auth_service::serve`); needs `--logger-url`.
+    /// The auth service (`auth_server`); the scenario passes `--users` and `--logger-addr`.
     Auth,
     /// A bare tonic server answering `file.FileService/SayHello` and echoing
     /// `streaming.StreamingService/ChatStream`, with no health, reflection, tracing or
@@ -32,7 +43,7 @@ pub enum ServerKind {
 }
 
 impl ServerKind {
-    /// The name used on the command line and in log file names.
+    /// The name used in log file names and messages.
     pub fn name(self) -> &'static str {
         match self {
             Self::File => "file",
@@ -44,227 +55,199 @@ impl ServerKind {
         }
     }
 
-    /// Whether this server installs a tracing subscriber the way its own binary does. The
-    /// bare reference installs none: being plain is its whole point.
-    pub fn traces(self) -> bool {
-        self != Self::Bare
+    /// The file name of the binary users run for it; `None` for the bare reference, which
+    /// is grpc_bench itself.
+    pub fn binary_name(self) -> Option<&'static str> {
+        match self {
+            Self::File => Some("file_server"),
+            Self::Random => Some("random_server"),
+            Self::Streaming => Some("streaming_server"),
+            Self::Logger => Some("logger_server"),
+            Self::Auth => Some("auth_server"),
+            Self::Bare => None,
+        }
+    }
+
+    /// The binary to run: the server's own, in the folder of the running grpc_bench (cargo
+    /// puts every binary of a workspace and profile there), so a release grpc_bench
+    /// measures release servers. Fails with one line saying how to build it if missing.
+    pub fn binary(self) -> anyhow::Result<PathBuf> {
+        let grpc_bench = std::env::current_exe().context("finding the grpc_bench executable")?;
+        let Some(name) = self.binary_name() else {
+            return Ok(grpc_bench);
+        };
+        let folder = grpc_bench
+            .parent()
+            .context("the grpc_bench executable has no folder")?;
+        let binary = folder.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+        anyhow::ensure!(
+            binary.is_file(),
+            "{} is missing: build the servers next to grpc_bench (`{BUILD_HINT}`, or \
+             `cargo build --workspace` for a debug grpc_bench)",
+            binary.display()
+        );
+        Ok(binary)
+    }
+
+    /// The arguments that start it on 127.0.0.1 port 0 with its data under `data_dir`,
+    /// before any a scenario adds. The folder names are the binaries' own defaults, so a
+    /// server's data looks as it does when a user runs it from `data_dir`.
+    fn arguments(self, data_dir: &Path) -> Vec<OsString> {
+        let mut arguments: Vec<OsString> = Vec::new();
+        if self == Self::Bare {
+            arguments.extend(["serve".into(), "bare".into()]);
+        }
+        arguments.extend(["--addr".into(), "127.0.0.1:0".into()]);
+        let data_flag = match self {
+            Self::File => Some(("--dir", data_dir.join("uploaded_files"))),
+            Self::Streaming => Some(("--dir", data_dir.join("streamed_files"))),
+            Self::Logger => Some(("--db", data_dir.join("logs.db"))),
+            Self::Auth => Some(("--data-dir", data_dir.to_path_buf())),
+            Self::Random | Self::Bare => None,
+        };
+        if let Some((flag, path)) = data_flag {
+            arguments.extend([flag.into(), path.into_os_string()]);
+        }
+        arguments
     }
 }
 
-/// Where a served server keeps its data, and what it talks to.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    /// The server's own folder (uploads, databases, outbox); created if missing.
-    pub data_dir: PathBuf,
-    /// The logger the auth service delivers audit events to.
-    pub logger_url: Option<String>,
-    /// The auth service's users file (`name:<argon2 PHC hash>` lines).
-    pub users: Option<PathBuf>,
+/// Fails, before anything is measured, with one line naming the first server binary that
+/// is missing, so a run does not stop halfway through with the binaries unbuilt.
+pub fn check_binaries(kinds: impl IntoIterator<Item = ServerKind>) -> anyhow::Result<()> {
+    for kind in kinds {
+        kind.binary()?;
+    }
+    Ok(())
 }
 
-/// Binds `addr`, prints `Bench <kind> server started on port N` (the parent reads the port
-/// from it), and serves until SIGTERM or Ctrl+C.
-pub async fn serve_main(
-    kind: ServerKind,
-    addr: SocketAddr,
-    options: ServeOptions,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&options.data_dir)
-        .with_context(|| format!("creating {}", options.data_dir.display()))?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    let port = listener
-        .local_addr()
-        .context("reading the bound address")?
-        .port();
-    println!("Bench {} server started on port {port}", kind.name());
-    let shutdown = grpc_suite::server::shutdown_on_signals();
-    serve(kind, listener, &options, shutdown).await
+/// A running server under measurement. Killed when dropped, so a failed scenario leaves
+/// nothing behind.
+pub struct Server {
+    process: ServerProcess,
+    /// The port it listens on, on 127.0.0.1.
+    pub port: u16,
+    /// From spawn until a TCP connection to it succeeded.
+    pub startup: Duration,
+    /// Resident memory right after it started, before any request.
+    pub idle: Memory,
 }
 
-/// Serves one server on an already-bound listener until `shutdown` is cancelled, set up
-/// as that server's own binary sets it up (the logger echoes rows to stdout, as
-/// `logger_server` does), with its data under `options.data_dir`.
-pub async fn serve(
-    kind: ServerKind,
-    listener: TcpListener,
-    options: &ServeOptions,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let data_dir = &options.data_dir;
-    match kind {
-        ServerKind::File => {
-            let config = file_service::Config {
-                upload_dir: data_dir.join("uploaded_files"),
-                ..file_service::Config::default()
-            };
-            let storage =
-                file_service::open_storage(&config).context("opening the upload folder")?;
-            file_service::serve(listener, storage, &config, shutdown).await
-        }
-        ServerKind::Random => {
-            let config = random_service::Config::default();
-            random_service::serve(
-                listener,
-                &config,
-                random_service::StreamMetrics::default(),
-                shutdown,
-            )
+impl Server {
+    /// Starts `kind` on 127.0.0.1 port 0 with its data in `data_dir` and the scenario's
+    /// `extra` flags (the binary's own flag names), waits until it accepts a TCP
+    /// connection, and samples its idle memory.
+    ///
+    /// The server logs as deployed: tracing at its binary's default (`info`) unless
+    /// `RUST_LOG` says otherwise (it is inherited), to `<data_dir>/<kind>.log`, so logging
+    /// costs what it costs users but never reaches the report. Its stdout is drained and
+    /// dropped: the logger echoes every row there.
+    pub async fn start(kind: ServerKind, data_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
+        let launch = Launch::new(kind.binary()?)
+            .args(kind.arguments(data_dir))
+            .args(extra)
+            .stderr_to(data_dir.join(format!("{}.log", kind.name())))
+            .discard_stdout()
+            .start_timeout(START_TIMEOUT);
+        // Waiting for the startup line blocks a thread; keep it off the runtime's workers.
+        let process = tokio::task::spawn_blocking(move || launch.start())
             .await
-        }
-        ServerKind::Streaming => {
-            let config = streaming_service::Config {
-                upload_dir: data_dir.join("streamed_files"),
-                ..streaming_service::Config::default()
-            };
-            let storage =
-                streaming_service::open_storage(&config).context("opening the upload folder")?;
-            let service = streaming_service::StreamingService::new(storage, &config);
-            streaming_service::serve(listener, service, shutdown).await
-        }
-        ServerKind::Logger => {
-            let config = logger_service::Config {
-                db_path: data_dir.join("logs.db"),
-                echo: true,
-                ..logger_service::Config::default()
-            };
-            let store = logger_service::open_store(&config).context("opening the database")?;
-            logger_service::serve(listener, store, &config, shutdown).await
-        }
-        ServerKind::Auth => {
-            let users = options
-                .users
-                .as_ref()
-                .context("the auth server needs --users")?;
-            let credentials = auth_service::Credentials::load(users)?;
-            let config = auth_service::Config {
-                session_ttl: auth_service::DEFAULT_SESSION_TTL,
-                data_dir: data_dir.clone(),
-                logger_url: options
-                    .logger_url
-                    .clone()
-                    .context("the auth server needs --logger-url")?,
-            };
-            auth_service::serve(listener, credentials, &config, shutdown).await
-        }
-        ServerKind::Bare => serve_bare(listener, shutdown).await,
+            .context("the thread starting a server panicked")?
+            .with_context(|| format!("starting the {} server", kind.name()))?;
+        let port = process.port;
+        let accepted = tokio::time::timeout(START_TIMEOUT, async {
+            loop {
+                // The listener is bound before the line is printed, so this normally
+                // succeeds at once; the loop only covers a server that prints early.
+                if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        let startup = process.spawned_at().elapsed();
+        anyhow::ensure!(
+            accepted.is_ok(),
+            "the {} server announced port {port} but accepted no connection within \
+             {START_TIMEOUT:?}",
+            kind.name()
+        );
+        let idle = process.memory()?;
+        Ok(Self {
+            process,
+            port,
+            startup,
+            idle,
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        self.process.url()
+    }
+
+    /// Its memory now.
+    pub fn memory(&self) -> anyhow::Result<Memory> {
+        self.process.memory()
+    }
+
+    /// Kills it (SIGKILL: its data is a throwaway temp folder, and a graceful drain would
+    /// only add time between scenarios) and reaps it.
+    pub fn stop(self) {
+        self.process.kill();
     }
 }
 
-/// How long the bare server lets calls finish at shutdown; the benchmark has stopped
-/// sending by then, so this only bounds a bug.
-const BARE_DRAIN: Duration = Duration::from_secs(2);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The reference: tonic's Greeter example shape (`Server::builder().add_service(..)`),
-/// serving the file service's SayHello and a ChatStream echo, nothing else. TCP_NODELAY is
-/// on, as tonic's builder sets it by default when it binds the address itself.
-pub async fn serve_bare(listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let signal = shutdown.clone().cancelled_owned();
-    let server = tonic::transport::Server::builder()
-        .add_service(pb::file_service_server::FileServiceServer::new(BareGreeter))
-        .add_service(streaming::streaming_service_server::StreamingServiceServer::new(BareChat))
-        .serve_with_incoming_shutdown(incoming, signal);
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(BARE_DRAIN).await;
-    };
-    tokio::select! {
-        result = server => result.context("serving gRPC"),
-        () = deadline => Ok(()),
-    }
-}
-
-/// SayHello as the file service answers it, without anything around it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BareGreeter;
-
-#[tonic::async_trait]
-impl pb::file_service_server::FileService for BareGreeter {
-    async fn say_hello(
-        &self,
-        request: Request<pb::HelloRequest>,
-    ) -> Result<Response<pb::HelloResponse>, Status> {
-        let name = request.into_inner().name;
-        Ok(Response::new(pb::HelloResponse {
-            message: format!("Hello, {name}!"),
-        }))
+    /// Each server gets `--addr 127.0.0.1:0` and the data flag its binary defines, pointing
+    /// into the scenario's folder; the bare reference is `grpc_bench serve bare`.
+    #[test]
+    fn arguments_use_each_binarys_flags() {
+        let data = Path::new("/data");
+        let shown = |kind: ServerKind| -> Vec<String> {
+            kind.arguments(data)
+                .iter()
+                .map(|argument| argument.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            shown(ServerKind::File),
+            ["--addr", "127.0.0.1:0", "--dir", "/data/uploaded_files"]
+        );
+        assert_eq!(
+            shown(ServerKind::Streaming),
+            ["--addr", "127.0.0.1:0", "--dir", "/data/streamed_files"]
+        );
+        assert_eq!(
+            shown(ServerKind::Logger),
+            ["--addr", "127.0.0.1:0", "--db", "/data/logs.db"]
+        );
+        assert_eq!(
+            shown(ServerKind::Auth),
+            ["--addr", "127.0.0.1:0", "--data-dir", "/data"]
+        );
+        assert_eq!(shown(ServerKind::Random), ["--addr", "127.0.0.1:0"]);
+        assert_eq!(
+            shown(ServerKind::Bare),
+            ["serve", "bare", "--addr", "127.0.0.1:0"]
+        );
     }
 
-    async fn say_goodbye(
-        &self,
-        _request: Request<pb::GoodbyeRequest>,
-    ) -> Result<Response<pb::GoodbyeResponse>, Status> {
-        Err(Status::unimplemented(
-            "the bare reference serves SayHello only",
-        ))
-    }
-
-    async fn get_server_time(
-        &self,
-        _request: Request<pb::Empty>,
-    ) -> Result<Response<pb::TimeResponse>, Status> {
-        Err(Status::unimplemented(
-            "the bare reference serves SayHello only",
-        ))
-    }
-
-    async fn write_file(
-        &self,
-        _request: Request<pb::FileRequest>,
-    ) -> Result<Response<pb::FileResponse>, Status> {
-        Err(Status::unimplemented(
-            "the bare reference serves SayHello only",
-        ))
-    }
-
-    async fn get_files_list(
-        &self,
-        _request: Request<pb::Empty>,
-    ) -> Result<Response<pb::FilesListResponse>, Status> {
-        Err(Status::unimplemented(
-            "the bare reference serves SayHello only",
-        ))
-    }
-}
-
-/// ChatStream at tonic's floor: each inbound message is sent straight back to its sender
-/// (no room, no broadcast, no task, no queue). The response stream *is* the request stream,
-/// so what a connected client costs here is tonic's and hyper's own per-stream state (the
-/// request decoder, the response encoder, h2's stream) and, with a connection per client,
-/// the connection's.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BareChat;
-
-#[tonic::async_trait]
-impl streaming::streaming_service_server::StreamingService for BareChat {
-    type StreamServerTimeStream = tokio_stream::Empty<Result<streaming::TimeResponse, Status>>;
-    /// The echo's response stream: the inbound stream itself, passed through.
-    type ChatStreamStream = Streaming<streaming::ChatMessage>;
-
-    async fn stream_server_time(
-        &self,
-        _request: Request<streaming::Empty>,
-    ) -> Result<Response<Self::StreamServerTimeStream>, Status> {
-        Err(Status::unimplemented(
-            "the bare reference serves ChatStream only",
-        ))
-    }
-
-    async fn stream_upload_file(
-        &self,
-        _request: Request<Streaming<streaming::FileChunk>>,
-    ) -> Result<Response<streaming::FileResponse>, Status> {
-        Err(Status::unimplemented(
-            "the bare reference serves ChatStream only",
-        ))
-    }
-
-    async fn chat_stream(
-        &self,
-        request: Request<Streaming<streaming::ChatMessage>>,
-    ) -> Result<Response<Self::ChatStreamStream>, Status> {
-        Ok(Response::new(request.into_inner()))
+    /// A server binary that is not next to the running executable is one line naming it
+    /// and the command that builds it.
+    #[test]
+    fn a_missing_binary_says_how_to_build_it() {
+        // The unit-test executable lives in target/<profile>/deps, where no server is.
+        let message = format!("{:#}", ServerKind::File.binary().expect_err("missing"));
+        assert!(message.contains("file_server is missing"), "{message}");
+        assert!(message.contains(BUILD_HINT), "{message}");
+        assert_eq!(message.lines().count(), 1, "{message}");
+        assert!(ServerKind::Bare.binary().is_ok());
     }
 }

@@ -1,18 +1,18 @@
 //! Test support shared by the service crates, so every crate tests its service the same
-//! way: an in-process server on `127.0.0.1:0`, a server binary run as a user runs it, and a
-//! Python `grpcio` client generated from `protos/`.
+//! way: an in-process server on `127.0.0.1:0`, a server binary run as a user runs it
+//! ([`ServerProcess`], which `grpc_bench` also starts its servers with), and a Python
+//! `grpcio` client generated from `protos/`.
 //!
 //! Everything here is bounded in time: a test that cannot reach its server fails with a
 //! message instead of hanging.
 
 use std::{
     future::Future,
-    io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::{Arc, Mutex, OnceLock},
-    time::{Duration, Instant},
+    process::{Command, Output, Stdio},
+    sync::OnceLock,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -22,6 +22,10 @@ use tonic::transport::Channel;
 
 /// How long any single wait in a test may take before the test fails instead of hanging.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+mod process;
+
+pub use process::{Launch, Memory, ServerProcess};
 
 /// The workspace root (where `protos/` lives).
 pub fn workspace_root() -> PathBuf {
@@ -96,135 +100,6 @@ impl InProcessServer {
             .await
             .context("the server did not stop in time")?
             .context("the server task panicked")?
-    }
-}
-
-/// A server binary running as a child process on an OS-chosen loopback port; killed on drop.
-pub struct ServerProcess {
-    child: Child,
-    /// The port from its `... started on port N` line.
-    pub port: u16,
-    /// Everything it printed on stdout so far, startup lines included.
-    stdout: Arc<Mutex<String>>,
-}
-
-impl ServerProcess {
-    /// Runs `binary --addr 127.0.0.1:0 ARGS…` and waits for its startup line.
-    pub fn start(binary: impl AsRef<Path>, args: &[&str]) -> anyhow::Result<Self> {
-        let binary = binary.as_ref();
-        let mut child = Command::new(binary)
-            .args(["--addr", "127.0.0.1:0"])
-            .args(args)
-            // Keep test output readable; a test that wants the server's logs sets RUST_LOG.
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let stdout = child.stdout.take().context("no stdout pipe")?;
-        let printed = Arc::new(Mutex::new(String::new()));
-        let (port_tx, port_rx) = std::sync::mpsc::channel();
-        let sink = Arc::clone(&printed);
-        // Drains stdout for the life of the process so the server never blocks on a full
-        // pipe, and reports the port as soon as the startup line shows it.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(mut text) = sink.lock() {
-                    text.push_str(&line);
-                    text.push('\n');
-                }
-                if let Some(port) = line
-                    .split("started on port ")
-                    .nth(1)
-                    .and_then(|p| p.trim().parse::<u16>().ok())
-                {
-                    let _ = port_tx.send(port);
-                }
-            }
-        });
-        match port_rx.recv_timeout(TIMEOUT) {
-            Ok(port) => Ok(Self {
-                child,
-                port,
-                stdout: printed,
-            }),
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                bail!(
-                    "{} printed no `started on port` line in time (exit: {status:?})",
-                    binary.display()
-                )
-            }
-        }
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// What it has printed on stdout.
-    pub fn stdout(&self) -> String {
-        self.stdout
-            .lock()
-            .map(|text| text.clone())
-            .unwrap_or_default()
-    }
-
-    /// Waits until its stdout contains `needle`, failing after [`TIMEOUT`].
-    pub fn wait_for_stdout(&self, needle: &str) -> anyhow::Result<String> {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let printed = self.stdout();
-            if printed.contains(needle) {
-                return Ok(printed);
-            }
-            if Instant::now() > deadline {
-                bail!("stdout never showed {needle:?}; it has:\n{printed}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The process id, e.g. for sending signals.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Sends a signal (`"TERM"`, `"INT"`, `"KILL"`) with the system's `kill`.
-    pub fn signal(&self, name: &str) -> anyhow::Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -{name} failed");
-        Ok(())
-    }
-
-    /// Waits for the process to exit, failing after `limit`.
-    pub fn wait(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                bail!("the process did not exit within {limit:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -1,9 +1,10 @@
-//! `grpc_bench`: measure the services (`run`), or serve one of them for a measuring parent
-//! (`serve`, hidden). See the `bench` library.
+//! `grpc_bench`: measure the services (`run`), or serve the bare tonic reference for a
+//! measuring parent (`serve bare`, hidden; the real servers run from their own binaries).
+//! See the `bench` library.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
-use bench::{RunOptions, Scenario, Settings, servers::ServerKind};
+use bench::{RunOptions, Scenario, Settings};
 use clap::{Parser, Subcommand};
 
 /// Load generator for the gRPC services: throughput, latency, startup time and memory.
@@ -18,7 +19,8 @@ struct Args {
 enum Command {
     /// Measure scenarios; prints `scenario=<name> key=value …` lines and a summary table.
     Run(RunArgs),
-    /// Serve one server on --addr for a measuring `run` (prints `... started on port N`).
+    /// Serve the bare reference on --addr for a measuring `run` (prints `... started on
+    /// port N`).
     #[command(hide = true)]
     Serve(ServeArgs),
 }
@@ -81,21 +83,19 @@ struct RunArgs {
 
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
-    /// Which server.
+    /// Which server: only the bare reference has no binary of its own.
     #[arg(value_enum)]
-    kind: ServerKind,
+    kind: Reference,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:0")]
     addr: SocketAddr,
-    /// Folder for the server's data (uploads, databases, outbox).
-    #[arg(long)]
-    data_dir: PathBuf,
-    /// The logger the auth server delivers audit events to.
-    #[arg(long)]
-    logger_url: Option<String>,
-    /// The auth server's users file.
-    #[arg(long)]
-    users: Option<PathBuf>,
+}
+
+/// The servers `grpc_bench serve` runs itself.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Reference {
+    /// Plain tonic: SayHello and a ChatStream echo (see `bench::bare`).
+    Bare,
 }
 
 #[tokio::main]
@@ -106,20 +106,11 @@ async fn main() -> ExitCode {
             grpc_suite::cli::init_tracing("warn");
             grpc_suite::cli::exit_code(measure(run).await)
         }
-        Command::Serve(serve) => {
-            // As each server's own binary does; the bare reference has no tracing at all.
-            if serve.kind.traces() {
-                grpc_suite::cli::init_tracing("info");
-            }
-            let options = bench::servers::ServeOptions {
-                data_dir: serve.data_dir,
-                logger_url: serve.logger_url,
-                users: serve.users,
-            };
-            grpc_suite::cli::exit_code(
-                bench::servers::serve_main(serve.kind, serve.addr, options).await,
-            )
-        }
+        // No tracing subscriber: being plain is the reference's whole point.
+        Command::Serve(ServeArgs {
+            kind: Reference::Bare,
+            addr,
+        }) => grpc_suite::cli::exit_code(bench::bare::serve_main(addr).await),
     }
 }
 

@@ -25,9 +25,8 @@ use tonic::transport::Channel;
 
 use super::{Context, add_server_figures, closed_loop, connect_many, fixed_work};
 use crate::{
-    process::ServerProcess,
     report::Measurement,
-    servers::ServerKind,
+    servers::{Server, ServerKind},
     stats::{Latencies, median, per_second},
 };
 
@@ -64,14 +63,13 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     .context("timing the password check")??;
     measurement.set("check_ms", check_ms);
 
-    let logger =
-        ServerProcess::start(ServerKind::Logger, &context.server_dir("logger"), &[]).await?;
+    let logger = Server::start(ServerKind::Logger, &context.server_dir("logger"), &[]).await?;
     let users_arg = users_path.to_string_lossy().into_owned();
     let logger_url = logger.url();
-    let server = ServerProcess::start(
+    let server = Server::start(
         ServerKind::Auth,
         &context.server_dir("auth"),
-        &["--users", &users_arg, "--logger-url", &logger_url],
+        &["--users", &users_arg, "--logger-addr", &logger_url],
     )
     .await?;
     let channels = connect_many(&server.url(), settings.connections).await?;
@@ -162,8 +160,8 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         .set("logout_p50_ms", logouts.latencies.quantile_us(0.5) / 1e3)
         .set("logout_p99_ms", logouts.latencies.quantile_us(0.99) / 1e3);
     add_server_figures(&mut measurement, "", &server)?;
-    server.stop().await;
-    logger.stop().await;
+    server.stop();
+    logger.stop();
     Ok(measurement)
 }
 

@@ -38,9 +38,8 @@ use tonic::{Streaming, transport::Channel};
 
 use super::{CALL_TIMEOUT, Context, add_server_figures, connect, connect_many};
 use crate::{
-    process::{ServerProcess, mib},
-    report::Measurement,
-    servers::ServerKind,
+    report::{Measurement, mib},
+    servers::{Server, ServerKind},
     stats::{Latencies, per_second},
 };
 
@@ -58,11 +57,10 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         .set("clients", settings.chat_clients as f64)
         .set("messages", settings.chat_messages as f64);
 
-    let server =
-        ServerProcess::start(ServerKind::Streaming, &context.server_dir("fanout"), &[]).await?;
+    let server = Server::start(ServerKind::Streaming, &context.server_dir("fanout"), &[]).await?;
     let fan_out = fan_out(&server.url(), settings.chat_clients, settings.chat_messages).await;
     let peak_fan_out = server.memory()?.peak_kib;
-    server.stop().await;
+    server.stop();
     let mut fan_out = fan_out.context("fan-out phase")?;
     measurement
         .set(
@@ -79,16 +77,15 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         connections: settings.chat_join_connections,
         echoes: settings.chat_echo_messages,
     };
-    let server =
-        ServerProcess::start(ServerKind::Streaming, &context.server_dir("joins"), &[]).await?;
+    let server = Server::start(ServerKind::Streaming, &context.server_dir("joins"), &[]).await?;
     let joined = joins(&server, &layout).await;
     add_server_figures(&mut measurement, "", &server)?;
-    server.stop().await;
+    server.stop();
     let joined = joined.context("join phase")?;
 
-    let server = ServerProcess::start(ServerKind::Bare, &context.server_dir("bare"), &[]).await?;
+    let server = Server::start(ServerKind::Bare, &context.server_dir("bare"), &[]).await?;
     let echoed = echo_joins(&server, &layout).await;
-    server.stop().await;
+    server.stop();
     let echoed = echoed.context("join phase against the bare reference")?;
 
     let clients = settings.chat_joins.max(1) as f64;
@@ -325,7 +322,7 @@ async fn channel_for(index: usize, url: &str, shared: &[Channel]) -> anyhow::Res
     }
 }
 
-async fn joins(server: &ServerProcess, layout: &JoinLayout) -> anyhow::Result<Joins> {
+async fn joins(server: &Server, layout: &JoinLayout) -> anyhow::Result<Joins> {
     let (count, parallelism) = (layout.count, layout.parallelism);
     let url = server.url();
     let before = server.memory()?.rss_kib;
@@ -397,7 +394,7 @@ async fn joins(server: &ServerProcess, layout: &JoinLayout) -> anyhow::Result<Jo
 /// The join phase against the bare reference: each client opens ChatStream (in the same
 /// layout, as many at once), sends one message (or `echoes`, one after the other) and
 /// reads its echo, and stays connected until the server's memory has been sampled.
-async fn echo_joins(server: &ServerProcess, layout: &JoinLayout) -> anyhow::Result<Joins> {
+async fn echo_joins(server: &Server, layout: &JoinLayout) -> anyhow::Result<Joins> {
     let url = server.url();
     let before = server.memory()?.rss_kib;
     let shared = layout.shared(&url).await?;

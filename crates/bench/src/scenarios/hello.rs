@@ -8,7 +8,11 @@ use pb::file_service_client::FileServiceClient;
 use tonic::transport::Channel;
 
 use super::{Context, add_server_figures, closed_loop, connect_many};
-use crate::{process::ServerProcess, report::Measurement, servers::ServerKind, stats::per_second};
+use crate::{
+    report::Measurement,
+    servers::{Server, ServerKind},
+    stats::per_second,
+};
 
 /// Measures SayHello on the bare reference, then on the file service.
 pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
@@ -20,7 +24,7 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         .set("duration_s", settings.duration.as_secs_f64());
     let mut rates = Vec::new();
     for kind in [ServerKind::Bare, ServerKind::File] {
-        let server = ServerProcess::start(kind, &context.server_dir(kind.name()), &[]).await?;
+        let server = Server::start(kind, &context.server_dir(kind.name()), &[]).await?;
         let channels = connect_many(&server.url(), settings.connections).await?;
         let clients: Vec<FileServiceClient<Channel>> =
             channels.into_iter().map(FileServiceClient::new).collect();
@@ -59,7 +63,7 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
                 outcome.latencies.quantile_us(0.99),
             );
         add_server_figures(&mut measurement, &prefix, &server)?;
-        server.stop().await;
+        server.stop();
     }
     if let [bare, file] = rates[..] {
         measurement.set("ratio", file / bare.max(f64::MIN_POSITIVE));

@@ -8,13 +8,16 @@ use pb::logger_service_client::LoggerServiceClient;
 use tonic::transport::Channel;
 
 use super::{Context, add_server_figures, closed_loop, connect_many};
-use crate::{process::ServerProcess, report::Measurement, servers::ServerKind, stats::per_second};
+use crate::{
+    report::Measurement,
+    servers::{Server, ServerKind},
+    stats::per_second,
+};
 
 /// Measures durable acknowledgements/s and their latency at the configured concurrency.
 pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     let settings = context.settings;
-    let server =
-        ServerProcess::start(ServerKind::Logger, &context.server_dir("logger"), &[]).await?;
+    let server = Server::start(ServerKind::Logger, &context.server_dir("logger"), &[]).await?;
     let channels = connect_many(&server.url(), settings.connections).await?;
     let clients: Vec<LoggerServiceClient<Channel>> =
         channels.into_iter().map(LoggerServiceClient::new).collect();
@@ -46,6 +49,6 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         .set("p50_ms", outcome.latencies.quantile_us(0.50) / 1e3)
         .set("p99_ms", outcome.latencies.quantile_us(0.99) / 1e3);
     add_server_figures(&mut measurement, "", &server)?;
-    server.stop().await;
+    server.stop();
     Ok(measurement)
 }

@@ -1,5 +1,6 @@
 //! The scenarios, each driving one service over loopback from this process while the
-//! server runs in a child process, and the load-generating loops they share.
+//! server runs in a child process (its real binary, see [`crate::servers`]), and the
+//! load-generating loops they share.
 
 pub mod auth;
 pub mod chat;
@@ -22,8 +23,8 @@ use anyhow::Context as _;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{
-    process::{ServerProcess, mib},
-    report::Measurement,
+    report::{Measurement, mib},
+    servers::{Server, ServerKind},
     stats::Latencies,
 };
 
@@ -68,6 +69,18 @@ impl Scenario {
             Self::Chat => "chat",
             Self::Logger => "logger",
             Self::Auth => "auth",
+        }
+    }
+
+    /// The servers it starts, so a run can check their binaries before measuring anything.
+    pub fn servers(self) -> &'static [ServerKind] {
+        match self {
+            Self::Hello => &[ServerKind::Bare, ServerKind::File],
+            Self::Upload => &[ServerKind::Streaming],
+            Self::Random => &[ServerKind::Random],
+            Self::Chat => &[ServerKind::Streaming, ServerKind::Bare],
+            Self::Logger => &[ServerKind::Logger],
+            Self::Auth => &[ServerKind::Logger, ServerKind::Auth],
         }
     }
 }
@@ -209,7 +222,7 @@ pub async fn connect_many(url: &str, count: usize) -> anyhow::Result<Vec<Channel
 pub fn add_server_figures(
     measurement: &mut Measurement,
     prefix: &str,
-    server: &ServerProcess,
+    server: &Server,
 ) -> anyhow::Result<()> {
     let now = server.memory()?;
     measurement

@@ -8,13 +8,16 @@ use grpc_suite::random as pb;
 use pb::random_number_service_client::RandomNumberServiceClient;
 
 use super::{CALL_TIMEOUT, Context, add_server_figures, connect};
-use crate::{process::ServerProcess, report::Measurement, servers::ServerKind, stats::per_second};
+use crate::{
+    report::Measurement,
+    servers::{Server, ServerKind},
+    stats::per_second,
+};
 
 /// Streams the numbers and reports numbers/s, from the call to the stream's end.
 pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     let count = context.settings.random_count;
-    let server =
-        ServerProcess::start(ServerKind::Random, &context.server_dir("random"), &[]).await?;
+    let server = Server::start(ServerKind::Random, &context.server_dir("random"), &[]).await?;
     let mut client = RandomNumberServiceClient::new(connect(&server.url()).await?);
     let request = pb::RandomNumberRequest {
         min: 1,
@@ -52,6 +55,6 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         .set("numbers_per_s", per_second(received, elapsed))
         .set("seconds", elapsed.as_secs_f64());
     add_server_figures(&mut measurement, "", &server)?;
-    server.stop().await;
+    server.stop();
     Ok(measurement)
 }

@@ -12,9 +12,8 @@ use sha2::{Digest as _, Sha256};
 
 use super::{CALL_TIMEOUT, Context, add_server_figures, connect};
 use crate::{
-    process::{ServerProcess, mib},
-    report::Measurement,
-    servers::ServerKind,
+    report::{Measurement, mib},
+    servers::{Server, ServerKind},
 };
 
 /// Uploads one file and reports MB/s (10^6 bytes per second) and the server's memory growth.
@@ -37,7 +36,7 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     };
 
     let server =
-        ServerProcess::start(ServerKind::Streaming, &context.server_dir("streaming"), &[]).await?;
+        Server::start(ServerKind::Streaming, &context.server_dir("streaming"), &[]).await?;
     let mut client = StreamingServiceClient::new(connect(&server.url()).await?);
     let tail = (tail_len > 0).then(|| chunk.slice(..tail_len));
     let pieces = (0..full_chunks).map(move |_| chunk.clone()).chain(tail);
@@ -91,7 +90,7 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
             mib(memory.peak_kib.saturating_sub(server.idle.rss_kib)),
         );
     add_server_figures(&mut measurement, "", &server)?;
-    server.stop().await;
+    server.stop();
     Ok(measurement)
 }
 
