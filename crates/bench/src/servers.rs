@@ -105,13 +105,7 @@ pub async fn serve(
         }
         ServerKind::Random => {
             let config = random_service::Config::default();
-            random_service::serve(
-                listener,
-                &config,
-                random_service::StreamMetrics::default(),
-                shutdown,
-            )
-            .await
+            random_service::serve(listener, &config, shutdown).await
         }
         ServerKind::Streaming => {
             let config = streaming_service::Config {
