@@ -1,12 +1,16 @@
 //! Serving a set of gRPC services the way every server of the suite does: health
 //! (`grpc.health.v1`, overall and per service), reflection (v1 and v1alpha), TCP_NODELAY,
-//! a readable status for over-limit requests, and graceful shutdown with a bounded drain.
+//! a readable status for over-limit requests, and graceful shutdown with a bounded drain
+//! after which nothing of the server runs on: no connection, no task its services spawned.
 
-use std::{convert::Infallible, time::Duration};
+mod connections;
+
+use std::{convert::Infallible, pin::pin, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_stream::StreamExt as _;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{
     Code, Status,
     body::Body,
@@ -19,6 +23,11 @@ use tonic_health::ServingStatus;
 /// How long in-flight calls may run on after shutdown starts, unless a server chooses
 /// otherwise. Docker's default stop timeout is 10 s; this leaves room to exit cleanly.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(8);
+
+/// How long, after the grace period, closed connections and the services' tasks may take to
+/// end. Both end at their next poll once told, so this only bounds a bug; passing it is
+/// logged, naming what is left.
+const STOP_BOUND: Duration = Duration::from_secs(2);
 
 /// The health service's name, as reflection lists it.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -41,6 +50,9 @@ pub struct GrpcServer {
     /// Fully qualified names (`file.FileService`) that health reports one by one.
     service_names: Vec<&'static str>,
     grace_period: Duration,
+    /// The trackers of every task the services spawn (stream producers, followers, chat
+    /// readers). [`GrpcServer::serve`] waits for them, so none outlives it.
+    task_trackers: Vec<TaskTracker>,
 }
 
 impl Default for GrpcServer {
@@ -56,6 +68,7 @@ impl GrpcServer {
             routes: RoutesBuilder::default(),
             service_names: Vec::new(),
             grace_period: DEFAULT_GRACE_PERIOD,
+            task_trackers: Vec::new(),
         }
     }
 
@@ -76,15 +89,28 @@ impl GrpcServer {
     }
 
     /// How long in-flight calls may go on once shutdown starts; after it, the remaining
-    /// connections are dropped. tonic alone would wait for them without a deadline.
+    /// connections are closed. tonic alone would wait for them without a deadline.
     pub fn grace_period(mut self, grace_period: Duration) -> Self {
         self.grace_period = grace_period;
+        self
+    }
+
+    /// Makes [`GrpcServer::serve`] close `tasks` and wait for it once its connections are
+    /// closed: a service spawns its per-stream tasks on a tracker given here instead of a
+    /// bare `tokio::spawn`, so that none of them runs on after the server returned.
+    pub fn track_tasks(mut self, tasks: TaskTracker) -> Self {
+        self.task_trackers.push(tasks);
         self
     }
 
     /// Serves on an already-bound listener (tests bind `127.0.0.1:0`) until `shutdown` is
     /// cancelled, then stops accepting, reports NOT_SERVING and lets in-flight calls finish
     /// within the grace period. Long streams should watch the same token and end themselves.
+    ///
+    /// Returns only once nothing of the server runs: when the grace period is over, the
+    /// connections still open are closed (their clients see the stream fail), and then the
+    /// tasks of every tracker given to [`GrpcServer::track_tasks`] are awaited. Each of those
+    /// two waits is bounded; passing the bound is logged with what is left.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -142,7 +168,13 @@ impl GrpcServer {
             }
         };
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        // Each accepted socket is registered, so that the grace period can end it: tonic's
+        // per-connection tasks cannot be reached any other way.
+        let connections = connections::Connections::default();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).map({
+            let connections = connections.clone();
+            move |accepted| accepted.map(|stream| connections.track(stream))
+        });
         let server = tonic::transport::Server::builder()
             .layer(tower::util::MapResponseLayer::new(
                 relabel_oversized_request::<Body>,
@@ -150,20 +182,67 @@ impl GrpcServer {
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal);
         tracing::info!(%local_addr, "serving");
+        let mut server = pin!(server);
 
         let grace_period = self.grace_period;
         let drain_deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(grace_period).await;
         };
-        tokio::select! {
-            result = server => result.context("serving gRPC")?,
-            () = drain_deadline => {
-                tracing::warn!(?grace_period, "grace period over: closing the remaining connections");
+        let drained = tokio::select! {
+            result = &mut server => Some(result),
+            () = drain_deadline => None,
+        };
+        let served = match drained {
+            Some(result) => result.context("serving gRPC"),
+            None => {
+                tracing::warn!(
+                    ?grace_period,
+                    connections = connections.live(),
+                    "grace period over: closing the remaining connections"
+                );
+                connections.close_all();
+                // tonic's future ends once every connection task has let go of its
+                // connection, which closing them makes happen at their next poll.
+                tokio::time::timeout(STOP_BOUND, &mut server)
+                    .await
+                    .unwrap_or(Ok(()))
+                    .context("serving gRPC")
             }
+        };
+        // Whatever ended serving (the drain, the deadline or an error), no connection may
+        // outlive this call.
+        connections.close_all();
+        if tokio::time::timeout(STOP_BOUND, connections.wait_until_closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = connections.live(),
+                "connections still open after being closed"
+            );
         }
+        // After the connections: a producer blocked on a client that stopped reading ends
+        // only once its connection, and with it its response stream, is gone.
+        wait_for_tasks(&self.task_trackers).await;
         tracing::info!("server stopped");
-        Ok(())
+        served
+    }
+}
+
+/// Closes `trackers` and waits, bounded by [`STOP_BOUND`], until their tasks have all ended.
+async fn wait_for_tasks(trackers: &[TaskTracker]) {
+    for tracker in trackers {
+        tracker.close();
+    }
+    let all_ended = async {
+        for tracker in trackers {
+            tracker.wait().await;
+        }
+    };
+    if tokio::time::timeout(STOP_BOUND, all_ended).await.is_err() {
+        let remaining: usize = trackers.iter().map(TaskTracker::len).sum();
+        tracing::warn!(remaining, "service tasks still running after shutdown");
     }
 }
 
@@ -274,7 +353,138 @@ fn parse_sizes(message: &str) -> Option<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    use tokio::{
+        io::{AsyncReadExt as _, AsyncWriteExt as _},
+        net::TcpStream,
+        time::{Instant, timeout},
+    };
+
     use super::*;
+
+    /// Every wait in these tests: far longer than any of them should take.
+    const TEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+    /// A grace period short enough for tests, long enough to tell "waited" from "did not".
+    const SHORT_GRACE: Duration = Duration::from_millis(300);
+
+    /// The HTTP/2 client connection preface followed by an empty SETTINGS frame.
+    const CLIENT_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+    /// Reads HTTP/2 frames until the server acknowledges our SETTINGS, which it does only
+    /// once the connection is past its handshake and served.
+    async fn read_until_settings_ack(client: &mut TcpStream) {
+        loop {
+            let mut header = [0_u8; 9];
+            client
+                .read_exact(&mut header)
+                .await
+                .expect("a frame header");
+            let length =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0_u8; length];
+            client
+                .read_exact(&mut payload)
+                .await
+                .expect("a frame payload");
+            let (frame_type, flags) = (header[3], header[4]);
+            if frame_type == 0x4 && flags & 0x1 == 0x1 {
+                return;
+            }
+        }
+    }
+
+    /// A raw client that completes the HTTP/2 handshake and then neither sends nor answers
+    /// anything holds the graceful drain open; once the grace period is over `serve` closes
+    /// its connection and returns, and the client sees its connection end.
+    #[tokio::test]
+    async fn grace_period_closes_a_connection_held_open() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(
+            GrpcServer::new()
+                .grace_period(SHORT_GRACE)
+                .serve(listener, shutdown.clone()),
+        );
+        let mut client = timeout(TEST_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .expect("connected in time")
+            .expect("connected");
+        client
+            .write_all(CLIENT_PREFACE)
+            .await
+            .expect("preface sent");
+        timeout(TEST_TIMEOUT, read_until_settings_ack(&mut client))
+            .await
+            .expect("handshake in time");
+
+        let shutdown_at = Instant::now();
+        shutdown.cancel();
+        timeout(TEST_TIMEOUT, server)
+            .await
+            .expect("serve returned in time")
+            .expect("server task")
+            .expect("clean stop");
+        assert!(
+            shutdown_at.elapsed() >= SHORT_GRACE,
+            "serve returned after {:?}: the held connection did not hold the drain",
+            shutdown_at.elapsed()
+        );
+
+        // What the server sent before closing (GOAWAY, PING) is read, then the end.
+        let ended = timeout(TEST_TIMEOUT, async {
+            let mut buffer = [0_u8; 1024];
+            loop {
+                match client.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the client's connection stayed open");
+    }
+
+    /// `serve` returns only after the tasks spawned on a tracker it was given have ended,
+    /// even one that goes on for a while after shutdown.
+    #[tokio::test]
+    async fn serve_waits_for_tracked_tasks() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let finished = Arc::new(AtomicBool::new(false));
+        tasks.spawn({
+            let shutdown = shutdown.clone();
+            let finished = Arc::clone(&finished);
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                finished.store(true, Ordering::SeqCst);
+            }
+        });
+        let server = tokio::spawn(
+            GrpcServer::new()
+                .grace_period(SHORT_GRACE)
+                .track_tasks(tasks.clone())
+                .serve(listener, shutdown.clone()),
+        );
+        shutdown.cancel();
+        timeout(TEST_TIMEOUT, server)
+            .await
+            .expect("serve returned in time")
+            .expect("server task")
+            .expect("clean stop");
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "serve returned before the task ended"
+        );
+        assert!(tasks.is_empty());
+    }
 
     /// tonic's wording yields both sizes, so the relabelled message can name the limit.
     #[test]

@@ -68,7 +68,7 @@ pub fn open_store(config: &Config) -> Result<Store, StoreError> {
 
 /// Serves the logger service, with health and reflection, until `shutdown` is cancelled;
 /// then lets in-flight calls finish, ends follow streams, and stops the writer once what
-/// it has queued is committed.
+/// it has queued is committed and no connection or follower of the server is left.
 pub async fn serve(
     listener: TcpListener,
     store: Store,
@@ -77,6 +77,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let service = LoggerService::new(store.clone(), config.max_query_limit, shutdown.clone());
     let served = GrpcServer::new()
+        .track_tasks(service.task_tracker())
         .add_service(LoggerServiceServer::new(service))
         .serve(listener, shutdown)
         .await;

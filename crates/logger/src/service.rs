@@ -4,7 +4,7 @@
 use grpc_suite::{logger as pb, server::run_blocking};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -21,13 +21,16 @@ const FOLLOW_BUFFER: usize = 64;
 /// Rows read from the database per query while a lagging follower catches up.
 const CATCH_UP_PAGE: u32 = 512;
 
-/// The service state: the store, the query cap, and the server's shutdown token so that
-/// follow streams end themselves when the server stops.
+/// The service state: the store, the query cap, the server's shutdown token so that
+/// follow streams end themselves when the server stops, and the followers' tracker.
 #[derive(Debug, Clone)]
 pub struct LoggerService {
     store: Store,
     max_query_limit: u32,
     shutdown: CancellationToken,
+    /// Every follower runs on it, so the server can wait until none is left before the
+    /// store's writer is stopped.
+    tasks: TaskTracker,
 }
 
 impl LoggerService {
@@ -38,7 +41,18 @@ impl LoggerService {
             store,
             max_query_limit,
             shutdown,
+            tasks: TaskTracker::new(),
         }
+    }
+
+    /// Follower tasks that have not ended yet.
+    pub fn running_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// The tracker followers are spawned on, for the server to wait on.
+    pub(crate) fn task_tracker(&self) -> TaskTracker {
+        self.tasks.clone()
     }
 
     /// Runs a read on a pooled read-only connection, on the blocking pool.
@@ -128,7 +142,7 @@ impl pb::logger_service_server::LoggerService for LoggerService {
             sender,
             shutdown: self.shutdown.clone(),
         };
-        tokio::spawn(follower.run(backlog_rows, live));
+        self.tasks.spawn(follower.run(backlog_rows, live));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }

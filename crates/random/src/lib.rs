@@ -3,9 +3,11 @@
 //! client reads them.
 //!
 //! [`serve`] runs it on an already-bound listener until a shutdown token fires, so the
-//! `random_server` binary and the tests start it the same way. [`StreamMetrics`] lets a
-//! caller (the tests) watch what the producers do. [`client`] holds what `random_client`
-//! does: the old script's prompts and table, written against any input and output.
+//! `random_server` binary and the tests start it the same way; [`serve_with`] serves a
+//! [`RandomService`] the caller built on a [`GrpcServer`] it configured, so tests can keep
+//! the service's [`StreamMetrics`] and choose a short grace period. [`client`] holds what
+//! `random_client` does: the old script's prompts and table, written against any input and
+//! output.
 
 pub mod client;
 mod error;
@@ -51,16 +53,34 @@ impl Default for Config {
 
 /// Serves the random number service, with health and reflection, until `shutdown` is
 /// cancelled. Open streams watch the same token and end themselves with UNAVAILABLE, so a
-/// long slow stream never holds the server up until the grace period runs out.
-/// `metrics` receives what the producers do; pass `StreamMetrics::default()` if unused.
+/// long slow stream never holds the server up until the grace period runs out; returns once
+/// every connection is closed and every producer has ended.
 pub async fn serve(
     listener: TcpListener,
     config: &Config,
-    metrics: StreamMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let service = RandomService::new(*config, metrics, shutdown.clone());
-    GrpcServer::new()
+    serve_with(
+        listener,
+        GrpcServer::new(),
+        RandomService::new(*config),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] for a `service` the caller built, on a `server` it configured (a grace period,
+/// other services). The service's streams end when `shutdown` fires, and the server waits
+/// for its producers before returning.
+pub async fn serve_with(
+    listener: TcpListener,
+    server: GrpcServer,
+    service: RandomService,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let service = service.ending_streams_on(shutdown.clone());
+    server
+        .track_tasks(service.task_tracker())
         .add_service(RandomNumberServiceServer::new(service))
         .serve(listener, shutdown)
         .await

@@ -7,7 +7,7 @@ use grpc_suite::random as pb;
 use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
 use crate::{Config, RandomServiceError, StreamMetrics, metrics::ActiveStream};
@@ -18,24 +18,48 @@ use crate::{Config, RandomServiceError, StreamMetrics, metrics::ActiveStream};
 const STREAM_BUFFER: usize = 64;
 
 /// The service state: the limits requests are checked against, the producers' counters,
-/// and the server's shutdown token, which every producer watches so that long streams end
-/// when the server stops instead of holding up the drain.
+/// their tracker, and the server's shutdown token. Cloning shares all but the limits.
 #[derive(Debug, Clone)]
 pub struct RandomService {
     config: Config,
     metrics: StreamMetrics,
+    /// Every producer watches it, so that long streams end when the server stops instead
+    /// of holding up the drain. Its own token until [`crate::serve_with`] binds the server's.
     shutdown: CancellationToken,
+    /// Every producer runs on it, so the server can wait until none is left.
+    tasks: TaskTracker,
 }
 
 impl RandomService {
-    /// A service refusing requests over `config`'s limits, reporting into `metrics`, and
-    /// ending its streams when `shutdown` is cancelled.
-    pub fn new(config: Config, metrics: StreamMetrics, shutdown: CancellationToken) -> Self {
+    /// A service refusing requests over `config`'s limits; its streams end once it is served
+    /// (see [`crate::serve_with`]) and the server's shutdown fires.
+    pub fn new(config: Config) -> Self {
         Self {
             config,
-            metrics,
-            shutdown,
+            metrics: StreamMetrics::default(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         }
+    }
+
+    /// What the producers do: numbers drawn, producers running. Shared with the service.
+    pub fn metrics(&self) -> StreamMetrics {
+        self.metrics.clone()
+    }
+
+    /// Producer tasks that have not ended yet.
+    pub fn running_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// The tracker producers are spawned on, for the server to wait on.
+    pub(crate) fn task_tracker(&self) -> TaskTracker {
+        self.tasks.clone()
+    }
+
+    /// The service with its streams ending when `shutdown` fires.
+    pub(crate) fn ending_streams_on(self, shutdown: CancellationToken) -> Self {
+        Self { shutdown, ..self }
     }
 }
 
@@ -128,7 +152,7 @@ impl pb::random_number_service_server::RandomNumberService for RandomService {
             shutdown: self.shutdown.clone(),
             _active: active,
         };
-        tokio::spawn(producer.run());
+        self.tasks.spawn(producer.run());
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }

@@ -7,29 +7,45 @@ use std::{
     path::Path,
     process::{Command, Stdio},
     sync::mpsc,
+    time::Duration,
 };
 
 use assert_cmd::cargo::cargo_bin;
-use grpc_suite::random as pb;
+use grpc_suite::{
+    random as pb,
+    server::{DEFAULT_GRACE_PERIOD, GrpcServer},
+};
 use pb::random_number_service_client::RandomNumberServiceClient;
 use random_service::{
-    Config, StreamMetrics,
+    Config, RandomService, StreamMetrics,
     client::{Ending, print_stream},
 };
 use testkit::{InProcessServer, ServerProcess, TIMEOUT};
 use tonic::{Code, Status, Streaming, transport::Channel};
 
+/// A grace period short enough that a test can wait it out.
+const SHORT_GRACE: Duration = Duration::from_millis(300);
+
 /// An in-process server with `config`, and the handle on its producers' counters.
 async fn start(config: Config) -> (InProcessServer, StreamMetrics) {
-    let metrics = StreamMetrics::default();
-    let server = InProcessServer::start({
-        let metrics = metrics.clone();
-        move |listener, shutdown| async move {
-            random_service::serve(listener, &config, metrics, shutdown).await
-        }
+    let (server, service) = start_with_grace(config, DEFAULT_GRACE_PERIOD).await;
+    (server, service.metrics())
+}
+
+/// An in-process server with `config` and `grace_period`, and a clone of its service, which
+/// shares the producers' counters and task tracker.
+async fn start_with_grace(
+    config: Config,
+    grace_period: Duration,
+) -> (InProcessServer, RandomService) {
+    let service = RandomService::new(config);
+    let observed = service.clone();
+    let server = InProcessServer::start(move |listener, shutdown| async move {
+        let server = GrpcServer::new().grace_period(grace_period);
+        random_service::serve_with(listener, server, service, shutdown).await
     })
     .await;
-    (server, metrics)
+    (server, observed)
 }
 
 async fn client(server: &InProcessServer) -> RandomNumberServiceClient<Channel> {
@@ -283,6 +299,70 @@ async fn shutdown_ends_open_streams_with_unavailable() {
     );
     server.stop().await.expect("clean stop");
     assert_eq!(metrics.active_streams(), 0);
+}
+
+/// Waits until no number has been drawn for a while: a producer of an endless delay-0
+/// stream is then blocked on a client that stopped reading. Two quiet rounds in a row, so
+/// one pause of the whole process is not taken for a stall.
+async fn wait_until_stalled(metrics: &StreamMetrics) {
+    tokio::time::timeout(TIMEOUT, async {
+        let mut last = metrics.numbers_generated();
+        let mut quiet_rounds = 0;
+        while quiet_rounds < 2 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let now = metrics.numbers_generated();
+            quiet_rounds = if now == last { quiet_rounds + 1 } else { 0 };
+            last = now;
+        }
+    })
+    .await
+    .expect("the producer stalled behind the unread stream");
+}
+
+/// A client that stops reading a fast stream blocks its producer on the full connection,
+/// past shutdown; once the grace period is over `serve` closes the connection and returns
+/// with no producer left, and the client's stream ends in an error after what it buffered.
+#[tokio::test]
+async fn unread_stream_is_closed_after_the_grace_period() {
+    let (server, service) = start_with_grace(Config::default(), SHORT_GRACE).await;
+    let metrics = service.metrics();
+    let mut client = client(&server).await;
+    let mut stream = open(&mut client, request(0, 100, 1_000_000, 0))
+        .await
+        .expect("accepted");
+    next(&mut stream).await.expect("ok").expect("a number");
+    wait_until_stalled(&metrics).await;
+    assert_eq!(service.running_tasks(), 1, "the producer is still there");
+
+    let stopped_at = tokio::time::Instant::now();
+    server.stop().await.expect("clean stop");
+    // Checked at once: `serve` returning means nothing of the server runs any more.
+    assert_eq!(service.running_tasks(), 0, "a producer outlived serve");
+    assert_eq!(metrics.active_streams(), 0);
+    assert!(
+        stopped_at.elapsed() >= SHORT_GRACE,
+        "serve returned after {:?}, before the grace period was over",
+        stopped_at.elapsed()
+    );
+
+    let ending = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(()),
+                Err(status) => return Err(status),
+            }
+        }
+    })
+    .await
+    .expect("the client's stream ended in time");
+    let status = ending.expect_err("a cut-off stream does not end as complete");
+    // Not the producer's orderly UNAVAILABLE, which could never get past the unread
+    // backlog: the connection itself was closed.
+    assert!(
+        !status.message().starts_with("the server is shutting down"),
+        "{status:?}"
+    );
 }
 
 /// The client library prints the old table for a complete stream and reports a refusal

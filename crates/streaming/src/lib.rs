@@ -9,7 +9,9 @@
 //! - [`client`]: what `streaming_client` does, against any input and output.
 //!
 //! [`serve`] runs a [`StreamingService`] on an already-bound listener until a shutdown token
-//! fires, so the `streaming_server` binary and the tests start it the same way.
+//! fires, so the `streaming_server` binary and the tests start it the same way;
+//! [`serve_with`] does it on a [`GrpcServer`] the caller configured (tests: a short grace
+//! period).
 
 pub mod activity;
 pub mod chat;
@@ -19,7 +21,7 @@ mod service;
 pub mod time;
 pub mod upload;
 
-use std::{num::NonZeroUsize, path::PathBuf, time::Duration};
+use std::{num::NonZeroUsize, path::PathBuf};
 
 use grpc_suite::{
     server::GrpcServer, storage::StorageDir,
@@ -52,10 +54,6 @@ pub const CHUNK_SIZE: usize = 1024 * 1024;
 /// RESOURCE_EXHAUSTED (relabelled by the shared server) before it is buffered.
 pub const MAX_MESSAGE_SIZE: usize = 8 * 1024 * 1024 + 64 * 1024;
 
-/// How long [`serve`] waits for per-stream tasks after the server stops; they end at once
-/// on shutdown, so this only bounds a bug.
-const TASK_DRAIN: Duration = Duration::from_secs(2);
-
 /// What the server needs to know, as plain values (the binary builds it from flags).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -86,20 +84,33 @@ pub fn open_storage(config: &Config) -> std::io::Result<StorageDir> {
 }
 
 /// Serves `service`, with health and reflection, until `shutdown` is cancelled; then ends
-/// its long streams (chat members are told) and lets the server drain.
+/// its long streams (chat members are told) and lets the server drain. Returns once every
+/// connection is closed and every per-stream task has ended.
 pub async fn serve(
     listener: TcpListener,
     service: StreamingService,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let server = GrpcServer::new()
+    serve_with(listener, GrpcServer::new(), service, shutdown).await
+}
+
+/// [`serve`] on a `server` the caller configured (a grace period, other services).
+pub async fn serve_with(
+    listener: TcpListener,
+    server: GrpcServer,
+    service: StreamingService,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let server = server
+        .track_tasks(service.task_tracker())
         .add_service(
             StreamingServiceServer::new(service.clone())
                 .max_decoding_message_size(MAX_MESSAGE_SIZE),
         )
         .serve(listener, shutdown.clone());
     // The server's drain waits for in-flight calls, and time and chat streams never end on
-    // their own: they must be told, as soon as shutdown starts.
+    // their own: they must be told, as soon as shutdown starts. The server itself then waits
+    // for their tasks, after its connections are closed.
     let end_streams = async {
         shutdown.cancelled().await;
         service.shut_down();
@@ -109,12 +120,7 @@ pub async fn serve(
         result = server => result,
         () = end_streams => Ok(()),
     };
+    // Also when serving failed before shutdown: nothing should be left accepting streams.
     service.shut_down();
-    if tokio::time::timeout(TASK_DRAIN, service.wait_for_tasks())
-        .await
-        .is_err()
-    {
-        tracing::warn!("stream tasks still running after shutdown");
-    }
     result
 }

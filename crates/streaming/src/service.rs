@@ -24,7 +24,8 @@ pub struct StreamingService {
     /// Cancelled by [`StreamingService::shut_down`]: long streams watch it and end
     /// themselves, since the server's drain would otherwise wait for them.
     shutdown: CancellationToken,
-    /// The per-stream tasks (time producers, chat readers), so shutdown can wait for them.
+    /// The per-stream tasks (time producers, chat readers), so the server can wait for them
+    /// before its `serve` returns.
     tasks: TaskTracker,
 }
 
@@ -60,6 +61,16 @@ impl StreamingService {
     /// Waits for the per-stream tasks to finish (after [`StreamingService::shut_down`]).
     pub async fn wait_for_tasks(&self) {
         self.tasks.wait().await;
+    }
+
+    /// Per-stream tasks (time producers, chat readers) that have not ended yet.
+    pub fn running_tasks(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// The tracker per-stream tasks are spawned on, for the server to wait on.
+    pub(crate) fn task_tracker(&self) -> TaskTracker {
+        self.tasks.clone()
     }
 
     fn refuse_if_stopping(&self) -> Result<(), Status> {

@@ -12,7 +12,10 @@ use std::{
 
 use assert_cmd::cargo::cargo_bin;
 use bytes::Bytes;
-use grpc_suite::streaming as pb;
+use grpc_suite::{
+    server::{DEFAULT_GRACE_PERIOD, GrpcServer},
+    streaming as pb,
+};
 use pb::streaming_service_client::StreamingServiceClient;
 use sha2::{Digest as _, Sha256};
 use streaming_service::{
@@ -25,10 +28,15 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming, transport::Channel};
 
+/// A grace period short enough that a test can wait it out.
+const SHORT_GRACE: Duration = Duration::from_millis(300);
+
 /// An in-process server storing into its own temporary folder.
 struct Harness {
     server: InProcessServer,
     activity: Activity,
+    /// A clone of the served service, sharing its task tracker.
+    service: StreamingService,
     dir: tempfile::TempDir,
 }
 
@@ -38,6 +46,10 @@ impl Harness {
     }
 
     async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with_grace(DEFAULT_GRACE_PERIOD, adjust).await
+    }
+
+    async fn start_with_grace(grace_period: Duration, adjust: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = Config {
             upload_dir: dir.path().join("streamed"),
@@ -47,13 +59,16 @@ impl Harness {
         let storage = streaming_service::open_storage(&config).expect("upload folder");
         let service = StreamingService::new(storage, &config);
         let activity = service.activity();
+        let observed = service.clone();
         let server = InProcessServer::start(move |listener, shutdown| async move {
-            streaming_service::serve(listener, service, shutdown).await
+            let server = GrpcServer::new().grace_period(grace_period);
+            streaming_service::serve_with(listener, server, service, shutdown).await
         })
         .await;
         Self {
             server,
             activity,
+            service: observed,
             dir,
         }
     }
@@ -724,6 +739,73 @@ async fn shutdown_tells_chat_clients() {
         member.end().await.expect("a clean end");
     }
     assert_eq!(activity.chat_members.get(), 0);
+}
+
+/// An upload whose client stops sending mid-file ignores shutdown and holds the drain; once
+/// the grace period is over `serve` closes its connection and returns with no per-stream task
+/// left, the upload call fails and leaves no file. A chat member and an unread time stream on
+/// other connections end as shutdown tells them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_upload_is_closed_after_the_grace_period() {
+    let harness = Harness::start_with_grace(SHORT_GRACE, |_| {}).await;
+    let mut client = harness.client().await;
+    let (chunks, receiver) = mpsc::channel(4);
+    chunks
+        .send(chunk("held.bin", b"the first part", false))
+        .await
+        .expect("send");
+    let call = tokio::spawn(async move {
+        client
+            .stream_upload_file(ReceiverStream::new(receiver))
+            .await
+    });
+    settle(&harness.activity.uploads, 1).await;
+    let mut member = Member::join(harness.server.channel().await).await;
+    assert_eq!(member.next().await, "System: Client(1) has joined the chat");
+    let mut times = first_time(&mut harness.client().await).await;
+    assert_eq!(
+        harness.service.running_tasks(),
+        2,
+        "a chat reader and a time producer"
+    );
+
+    let Harness {
+        server,
+        activity,
+        service,
+        dir,
+    } = harness;
+    let stopped_at = tokio::time::Instant::now();
+    server.stop().await.expect("clean stop");
+    // Checked at once: `serve` returning means none of the service's tasks runs any more.
+    assert_eq!(service.running_tasks(), 0, "a task outlived serve");
+    assert!(
+        stopped_at.elapsed() >= SHORT_GRACE,
+        "serve returned after {:?}: the stalled upload did not hold the drain",
+        stopped_at.elapsed()
+    );
+
+    let answer = tokio::time::timeout(TIMEOUT, call)
+        .await
+        .expect("the upload call ended in time")
+        .expect("call task");
+    answer.expect_err("a cut-off upload is not stored");
+    settle(&activity.uploads, 0).await;
+    let upload_dir = dir.path().join("streamed");
+    assert!(
+        files_under(&upload_dir).is_empty(),
+        "{:?}",
+        files_under(&upload_dir)
+    );
+    assert_eq!(member.next().await, "System: Server is shutting down");
+    member.end().await.expect("the chat stream ends cleanly");
+    let time_end = tokio::time::timeout(TIMEOUT, async {
+        while let Ok(Some(_)) = times.message().await {}
+    })
+    .await;
+    assert!(time_end.is_ok(), "the time stream stayed open");
+    // The client kept its request stream open throughout.
+    drop(chunks);
 }
 
 /// The client library's full flow with scripted input: N time updates, the prompt answered

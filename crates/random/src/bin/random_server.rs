@@ -40,13 +40,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let listener = args.server.bind_announced("Random Number Service").await?;
     let shutdown = grpc_suite::server::shutdown_on_signals();
-    random_service::serve(
-        listener,
-        &config,
-        random_service::StreamMetrics::default(),
-        shutdown,
-    )
-    .await
+    random_service::serve(listener, &config, shutdown).await
 }
 
 #[cfg(test)]
