@@ -13,13 +13,18 @@
 //! - [`tls`]: checked TLS files for servers and clients, and the endpoint every client dials.
 //! - [`storage`]: the rules for client-supplied file names and atomic file writes, used by
 //!   the file and streaming services alike.
+//! - [`group_commit`]: one writer thread that commits queued requests in batches and
+//!   answers each caller after the commit, for the logger's and auth's SQLite files.
+//! - [`wire_time`]: the contract's timestamp formats, defined once.
 
 pub mod args;
 pub mod cli;
 pub mod gauge;
+pub mod group_commit;
 pub mod server;
 pub mod storage;
 pub mod tls;
+pub mod wire_time;
 
 /// Generated code for `protos/file_service.proto` (`package file;`).
 pub mod file {

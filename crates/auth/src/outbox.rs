@@ -10,10 +10,15 @@ use std::{
     time::Duration,
 };
 
-use grpc_suite::{logger as pb, server::run_blocking};
+use grpc_suite::{
+    group_commit::{GroupCommit, SubmitError},
+    logger as pb,
+    server::run_blocking,
+    wire_time,
+};
 use pb::logger_service_client::LoggerServiceClient;
 use rusqlite::{Connection, params};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 
@@ -39,7 +44,7 @@ pub struct AuditEvent {
     pub event_type: String,
     /// The human sentence.
     pub details: String,
-    /// When it happened, `%Y-%m-%d %H:%M:%S%.3f` local time.
+    /// When it happened, local time in [`wire_time::LOG_TIMESTAMP`], as the logger stores it.
     pub timestamp: String,
 }
 
@@ -51,7 +56,7 @@ impl AuditEvent {
             event_type: event_type.to_owned(),
             details,
             timestamp: chrono::Local::now()
-                .format("%Y-%m-%d %H:%M:%S%.3f")
+                .format(wire_time::LOG_TIMESTAMP)
                 .to_string(),
         }
     }
@@ -68,12 +73,13 @@ pub enum OutboxError {
     Closed,
 }
 
-type WriteRequest = (AuditEvent, oneshot::Sender<Result<(), OutboxError>>);
-
 /// The handle callers record events through. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    writes: mpsc::Sender<WriteRequest>,
+    /// The one writer thread, which owns the only write connection: SQLite work never runs
+    /// on the async executor, one writer means no lock contention between writers, and
+    /// group commit lets concurrent logins share one disk sync.
+    writes: GroupCommit<AuditEvent, (), OutboxError>,
     /// Wakes the delivery task when new events are committed. A `Notify` keeps one permit,
     /// so a commit that happens while the task is busy is never missed.
     committed: Arc<Notify>,
@@ -93,7 +99,7 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
 impl Outbox {
     /// Opens (creating) the outbox file and starts its writer thread.
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
-        let connection = open_connection(path)?;
+        let mut connection = open_connection(path)?;
         connection.execute_batch(
             "CREATE TABLE IF NOT EXISTS outbox (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -103,15 +109,15 @@ impl Outbox {
                  timestamp TEXT NOT NULL
              );",
         )?;
-        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
         let committed = Arc::new(Notify::new());
         let wake = Arc::clone(&committed);
-        // A dedicated thread owns the write connection: SQLite work never runs on the async
-        // executor, and one writer means no lock contention between writers.
-        std::thread::Builder::new()
-            .name("audit-outbox-writer".into())
-            .spawn(move || write_loop(connection, queue, &wake))
-            .map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?;
+        let writes = GroupCommit::spawn(
+            "audit-outbox-writer",
+            WRITE_QUEUE,
+            MAX_WRITE_BATCH,
+            move |events: Vec<AuditEvent>| commit(&mut connection, &events, &wake),
+        )
+        .map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?;
         // Events left from an earlier run are waiting: let delivery start at once.
         committed.notify_one();
         Ok(Self {
@@ -123,12 +129,14 @@ impl Outbox {
 
     /// Commits an event durably; returns once it is on disk.
     pub async fn record(&self, event: AuditEvent) -> Result<(), OutboxError> {
-        let (done, outcome) = oneshot::channel();
-        self.writes
-            .send((event, done))
-            .await
-            .map_err(|_| OutboxError::Closed)?;
-        outcome.await.map_err(|_| OutboxError::Closed)?
+        match self.writes.submit(event).await {
+            Ok(()) => Ok(()),
+            Err(SubmitError::Commit(error)) => Err(error),
+            Err(SubmitError::Stopped) => Err(OutboxError::Closed),
+            Err(unanswered @ SubmitError::Unanswered) => {
+                Err(OutboxError::Write(unanswered.to_string()))
+            }
+        }
     }
 
     /// Events not yet delivered, oldest first (for tests and diagnostics).
@@ -256,40 +264,27 @@ impl Delivery {
     }
 }
 
-/// The writer thread: takes the first waiting event, then whatever else is queued (group
-/// commit), writes them in one transaction, and answers every caller with the outcome.
-fn write_loop(
-    mut connection: Connection,
-    mut queue: mpsc::Receiver<WriteRequest>,
+/// One group commit on the writer thread: writes `events` in one transaction, then wakes
+/// delivery. One `()` per event on success; the writer answers every caller after this.
+fn commit(
+    connection: &mut Connection,
+    events: &[AuditEvent],
     committed: &Notify,
-) {
-    while let Some(first) = queue.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_WRITE_BATCH {
-            match queue.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
-            }
-        }
-        let outcome = insert_all(&mut connection, batch.iter().map(|(event, _)| event))
-            .map_err(|error| OutboxError::Write(error.to_string()));
-        if let Err(error) = &outcome {
-            tracing::error!(%error, events = batch.len(), "audit outbox commit failed");
-        }
-        let succeeded = outcome.is_ok();
-        for (_, done) in batch {
-            let _ = done.send(outcome.clone()); // The caller may have gone; nothing to do.
-        }
-        if succeeded {
+) -> Result<Vec<()>, OutboxError> {
+    match insert_all(connection, events) {
+        Ok(()) => {
             committed.notify_one();
+            Ok(vec![(); events.len()])
+        }
+        Err(error) => {
+            tracing::error!(%error, events = events.len(), "audit outbox commit failed");
+            Err(OutboxError::Write(error.to_string()))
         }
     }
 }
 
-fn insert_all<'a>(
-    connection: &mut Connection,
-    events: impl Iterator<Item = &'a AuditEvent>,
-) -> rusqlite::Result<()> {
+/// Inserts `events`, in order, in one transaction (rolled back on any failure).
+fn insert_all(connection: &mut Connection, events: &[AuditEvent]) -> rusqlite::Result<()> {
     let transaction = connection.transaction()?;
     {
         let mut insert = transaction.prepare_cached(

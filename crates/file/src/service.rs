@@ -29,7 +29,9 @@ impl FileService {
 
 /// Server local time in the contract's format.
 fn local_time() -> String {
-    chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string()
+    chrono::Local::now()
+        .format(grpc_suite::wire_time::SERVER_TIME)
+        .to_string()
 }
 
 #[tonic::async_trait]

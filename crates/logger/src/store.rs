@@ -2,11 +2,16 @@
 //! connections for queries.
 //!
 //! Writes go through [`Store::append`] to a dedicated OS thread that owns the only
-//! read-write connection. It blocks for one request, then takes whatever else is queued
-//! (up to [`MAX_BATCH`]) and writes the lot in one transaction, so N concurrent callers
-//! share one disk sync instead of paying for N. Nobody is answered before the commit
-//! returns, so every `logged=true` is on disk. Committed rows are then echoed to stdout and
-//! published on a broadcast channel for followers.
+//! read-write connection ([`grpc_suite::group_commit`]). It blocks for one request, then
+//! takes whatever else is queued (up to [`MAX_BATCH`]) and writes the lot in one
+//! transaction, so N concurrent callers share one disk sync instead of paying for N. Nobody
+//! is answered before the commit returns, so every `logged=true` is on disk. Committed rows
+//! are then published on a broadcast channel for followers and handed to the echo thread.
+//!
+//! The `[LOG] <event_type>: <details>` echo has its own thread, fed without waiting: a
+//! stdout nobody reads (a paused pager, a stuck container log driver) fills its pipe and
+//! blocks whoever writes to it, and that must never be the writer, or logging would stop.
+//! When the echo falls behind, lines are dropped and counted instead ([`StoreStats`]).
 //!
 //! Reads open read-only connections (kept in a small pool) and run on tokio's blocking
 //! pool; WAL mode lets them proceed while the writer commits.
@@ -16,17 +21,18 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        mpsc as std_mpsc,
     },
-    thread::JoinHandle,
     time::Duration,
 };
 
+use grpc_suite::group_commit::{GroupCommit, SubmitError};
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 /// The timestamp format of the contract's `logs.timestamp` column.
-pub const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.3f";
+pub use grpc_suite::wire_time::LOG_TIMESTAMP as TIMESTAMP_FORMAT;
 
 /// The most queued writes committed in one transaction. Large enough that a burst of
 /// callers shares a handful of syncs; small enough that one transaction (and the wait of
@@ -48,6 +54,19 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read-only connections kept open for reuse; more may exist for a moment under load.
 const READ_POOL_SIZE: usize = 8;
+
+/// Echo text waiting for stdout, in bytes: the real bound on the echo's memory (one row's
+/// details may be 64 KiB). A terminal or a log driver that keeps up never gets near it;
+/// one that stops reading costs at most this much before lines are dropped.
+const ECHO_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// Echo messages (one per committed batch) waiting for stdout. The byte budget is the
+/// bound that matters; this only caps the channel's own bookkeeping.
+const ECHO_QUEUE: usize = 256;
+
+/// How long [`Store::close`] lets the echo thread print the last rows' lines. Short: a
+/// stdout nobody reads would never drain, and shutdown must not wait on it.
+const ECHO_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The contract's table, exactly (the old tools read and write it), plus what we add
 /// beside it. Every statement is idempotent, so opening an old system's file adds only the
@@ -136,12 +155,15 @@ pub enum StoreError {
         /// SQLite's error preparing the contract's query.
         source: rusqlite::Error,
     },
-    /// The writer thread could not be started.
+    /// The writer (or the echo) thread could not be started.
     #[error("starting the log writer thread: {0}")]
     Thread(std::io::Error),
     /// The writer has stopped (the server is shutting down).
     #[error("the log writer has stopped")]
     WriterStopped,
+    /// The writer gave no outcome for an entry (a bug): whether it was stored is unknown.
+    #[error("the log writer gave no answer for this entry")]
+    Unanswered,
 }
 
 /// Adds what we were doing to a SQLite error.
@@ -155,21 +177,12 @@ impl<T> SqliteContext<T> for rusqlite::Result<T> {
     }
 }
 
-/// A write request: the entry and where to send its outcome.
-type Reply = oneshot::Sender<Result<Appended, Arc<StoreError>>>;
-
-/// What the writer thread receives.
-enum WriterMessage {
-    Append(NewEntry, Reply),
-    /// Finish what is queued, refuse anything later, and exit.
-    Stop,
-}
-
 /// Counters that tests and operators can read.
 #[derive(Debug, Default)]
 pub struct StoreStats {
     commits: AtomicU64,
     rows: AtomicU64,
+    echo_dropped: AtomicU64,
 }
 
 impl StoreStats {
@@ -182,18 +195,25 @@ impl StoreStats {
     pub fn rows(&self) -> u64 {
         self.rows.load(Ordering::Relaxed)
     }
+
+    /// `[LOG]` echo lines dropped because stdout was not keeping up (the rows are stored).
+    pub fn echo_dropped(&self) -> u64 {
+        self.echo_dropped.load(Ordering::Relaxed)
+    }
 }
 
 /// The open database: a handle to the writer thread and a pool of readers. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     path: PathBuf,
-    writes: mpsc::Sender<WriterMessage>,
+    writes: GroupCommit<NewEntry, Appended, Arc<StoreError>>,
     committed: broadcast::Sender<LogRow>,
     readers: Arc<Mutex<Vec<Connection>>>,
     stats: Arc<StoreStats>,
-    /// The writer thread, joined once by [`Store::close`].
-    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Resolves (with an error: the sender is dropped) when the echo thread has printed
+    /// everything and exited, which follows the writer's exit. Taken by [`Store::close`];
+    /// `None` without echo.
+    echo_finished: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -239,27 +259,34 @@ impl Store {
             .context("creating the schema")?;
         check_schema(&connection, path)?;
 
-        let (writes, queue) = mpsc::channel(QUEUE_CAPACITY);
         let (committed, _) = broadcast::channel(BROADCAST_CAPACITY);
         let stats = Arc::new(StoreStats::default());
-        let writer = Writer {
+        let (echo, echo_finished) = if echo {
+            let (echo, finished) = Echo::start(Arc::clone(&stats))?;
+            (Some(echo), Some(finished))
+        } else {
+            (None, None)
+        };
+        let mut writer = Writer {
             connection,
-            queue,
             committed: committed.clone(),
             stats: Arc::clone(&stats),
             echo,
         };
-        let handle = std::thread::Builder::new()
-            .name("log-writer".to_owned())
-            .spawn(move || writer.run())
-            .map_err(StoreError::Thread)?;
+        let writes = GroupCommit::spawn(
+            "log-writer",
+            QUEUE_CAPACITY,
+            MAX_BATCH,
+            move |batch: Vec<NewEntry>| writer.commit(batch),
+        )
+        .map_err(StoreError::Thread)?;
         Ok(Self {
             path: path.to_path_buf(),
             writes,
             committed,
             readers: Arc::new(Mutex::new(Vec::new())),
             stats,
-            writer: Arc::new(Mutex::new(Some(handle))),
+            echo_finished: Arc::new(Mutex::new(echo_finished)),
         })
     }
 
@@ -275,14 +302,14 @@ impl Store {
 
     /// Stores `entry` and answers once its transaction is committed (so the row is durable).
     pub async fn append(&self, entry: NewEntry) -> Result<Appended, Arc<StoreError>> {
-        let (reply, answer) = oneshot::channel();
         self.writes
-            .send(WriterMessage::Append(entry, reply))
+            .submit(entry)
             .await
-            .map_err(|_| Arc::new(StoreError::WriterStopped))?;
-        answer
-            .await
-            .map_err(|_| Arc::new(StoreError::WriterStopped))?
+            .map_err(|error| match error {
+                SubmitError::Commit(error) => error,
+                SubmitError::Stopped => Arc::new(StoreError::WriterStopped),
+                SubmitError::Unanswered => Arc::new(StoreError::Unanswered),
+            })
     }
 
     /// A receiver of every row committed from now on.
@@ -320,18 +347,23 @@ impl Store {
         if let Ok(mut pool) = self.readers.lock() {
             pool.clear();
         }
-        // A full queue cannot refuse Stop for long: the writer drains it continuously.
-        if self.writes.send(WriterMessage::Stop).await.is_err() {
-            return;
+        match self.writes.stop(limit).await {
+            Ok(()) => tracing::debug!("log writer stopped"),
+            Err(error) => tracing::error!(%error, "stopping the log writer"),
         }
-        let handle = self.writer.lock().ok().and_then(|mut slot| slot.take());
-        if let Some(handle) = handle {
-            let joined = tokio::task::spawn_blocking(move || handle.join());
-            match tokio::time::timeout(limit, joined).await {
-                Ok(Ok(Ok(()))) => tracing::debug!("log writer stopped"),
-                Ok(_) => tracing::error!("the log writer panicked"),
-                Err(_) => tracing::warn!(?limit, "the log writer did not stop in time"),
-            }
+        // The writer's exit closed the echo's channel: let it print the last rows' lines,
+        // briefly, as a stdout nobody reads would never drain.
+        let echo_finished = self
+            .echo_finished
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take());
+        if let Some(finished) = echo_finished
+            && tokio::time::timeout(ECHO_DRAIN_TIMEOUT, finished)
+                .await
+                .is_err()
+        {
+            tracing::warn!("stdout did not take the last [LOG] lines in time");
         }
     }
 }
@@ -424,89 +456,152 @@ fn row_from_sql(row: &rusqlite::Row<'_>) -> rusqlite::Result<LogRow> {
     })
 }
 
-/// The writer thread's state: the only read-write connection.
+/// The writer thread's state: the only read-write connection, and where committed rows go.
 struct Writer {
     connection: Connection,
-    queue: mpsc::Receiver<WriterMessage>,
     committed: broadcast::Sender<LogRow>,
     stats: Arc<StoreStats>,
-    echo: bool,
+    echo: Option<Echo>,
 }
 
 impl Writer {
-    /// Commits batches until told to stop or until every [`Store`] is gone.
-    fn run(mut self) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        loop {
-            // Block for the first request, then take what else is already queued: the
-            // requests that arrived while the previous batch was syncing.
-            let Some(first) = self.queue.blocking_recv() else {
-                // Every sender is gone, or Stop closed the queue and it is now empty.
-                return;
-            };
-            let mut message = Some(first);
-            while let Some(current) = message.take() {
-                match current {
-                    WriterMessage::Append(entry, reply) => batch.push((entry, reply)),
-                    // Later sends fail at once; what is already queued is still written,
-                    // and the loop ends when `blocking_recv` finds the closed queue empty.
-                    WriterMessage::Stop => self.queue.close(),
+    /// One group commit: writes `batch` in one transaction, then, before any caller is
+    /// answered, counts it, publishes its new rows to followers and hands them to the echo.
+    fn commit(&mut self, batch: Vec<NewEntry>) -> Result<Vec<Appended>, Arc<StoreError>> {
+        let entries: Vec<&NewEntry> = batch.iter().collect();
+        let outcomes = write_batch(&mut self.connection, &entries).map_err(|error| {
+            // Nothing in the batch was committed (the transaction rolled back), so each
+            // caller hears so and may retry; the cause is a disk or database problem
+            // shared by the whole batch, not something one request did.
+            tracing::error!(%error, rows = batch.len(), "committing a batch of logs failed");
+            Arc::new(error)
+        })?;
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        for (entry, appended) in batch.into_iter().zip(&outcomes) {
+            if appended.duplicate {
+                continue;
+            }
+            self.stats.rows.fetch_add(1, Ordering::Relaxed);
+            if let Some(echo) = &mut self.echo {
+                echo.add(&entry);
+            }
+            // No follower is not an error.
+            let _ = self.committed.send(LogRow {
+                id: appended.id,
+                event_type: entry.event_type,
+                details: entry.details,
+                timestamp: entry.timestamp,
+            });
+        }
+        if let Some(echo) = &mut self.echo {
+            echo.send();
+        }
+        Ok(outcomes)
+    }
+}
+
+/// The writer's side of the `[LOG]` echo: collects a batch's lines and hands them to the
+/// echo thread without ever waiting, dropping (and counting) what does not fit.
+struct Echo {
+    lines: std_mpsc::SyncSender<String>,
+    /// Bytes handed over and not yet written. Only the writer adds and only the echo thread
+    /// subtracts, so checking then adding cannot overshoot [`ECHO_BUFFER_BYTES`].
+    queued_bytes: Arc<AtomicUsize>,
+    /// This batch's lines, not yet handed over; their bytes are already in `queued_bytes`.
+    pending: String,
+    pending_lines: u64,
+    stats: Arc<StoreStats>,
+    /// Lines dropped since the echo last kept up; the warning is logged once per episode,
+    /// not once per line, so a stuck stdout does not flood stderr too.
+    dropping: u64,
+}
+
+impl Echo {
+    /// Starts the echo thread. The receiver resolves once the thread has printed what it
+    /// was given and exited (after every sender is gone).
+    fn start(stats: Arc<StoreStats>) -> Result<(Self, oneshot::Receiver<()>), StoreError> {
+        let (lines, receiver) = std_mpsc::sync_channel::<String>(ECHO_QUEUE);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let (finished, echo_finished) = oneshot::channel::<()>();
+        let written = Arc::clone(&queued_bytes);
+        std::thread::Builder::new()
+            .name("log-echo".to_owned())
+            .spawn(move || {
+                // Dropped when the loop ends (also on a panic): tells close() we are done.
+                let _finished = finished;
+                for text in receiver {
+                    // A closed or full stdout must not stop the system of record: write
+                    // errors are ignored, and a blocked write holds up only this thread.
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = stdout.write_all(text.as_bytes());
+                    let _ = stdout.flush();
+                    written.fetch_sub(text.len(), Ordering::Relaxed);
                 }
-                if batch.len() < MAX_BATCH {
-                    message = self.queue.try_recv().ok();
+            })
+            .map_err(StoreError::Thread)?;
+        let echo = Self {
+            lines,
+            queued_bytes,
+            pending: String::new(),
+            pending_lines: 0,
+            stats,
+            dropping: 0,
+        };
+        Ok((echo, echo_finished))
+    }
+
+    /// Adds `entry`'s line to this batch's text, if the byte budget has room for it.
+    fn add(&mut self, entry: &NewEntry) {
+        let line = format!("[LOG] {}: {}\n", entry.event_type, entry.details);
+        if self.queued_bytes.load(Ordering::Relaxed) + line.len() > ECHO_BUFFER_BYTES {
+            self.dropped(1);
+            return;
+        }
+        self.queued_bytes.fetch_add(line.len(), Ordering::Relaxed);
+        self.pending.push_str(&line);
+        self.pending_lines += 1;
+    }
+
+    /// Hands this batch's lines to the echo thread, or drops them if its queue is full.
+    fn send(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let text = std::mem::take(&mut self.pending);
+        let lines = std::mem::take(&mut self.pending_lines);
+        let bytes = text.len();
+        match self.lines.try_send(text) {
+            // Resumed only once half the budget is free again: a stdout that barely keeps
+            // up would otherwise flip between the two states, a log line each time.
+            Ok(()) => {
+                if self.dropping > 0
+                    && self.queued_bytes.load(Ordering::Relaxed) <= ECHO_BUFFER_BYTES / 2
+                {
+                    tracing::info!(
+                        dropped = self.dropping,
+                        "stdout caught up; [LOG] echo resumed"
+                    );
+                    self.dropping = 0;
                 }
             }
-            if !batch.is_empty() {
-                self.commit(&mut batch);
+            Err(_) => {
+                // Full, or the thread is gone: either way these bytes will not be written.
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                self.dropped(lines);
             }
         }
     }
 
-    /// Writes `batch` in one transaction, then answers every request in it.
-    fn commit(&mut self, batch: &mut Vec<(NewEntry, Reply)>) {
-        let entries: Vec<&NewEntry> = batch.iter().map(|(entry, _)| entry).collect();
-        match write_batch(&mut self.connection, &entries) {
-            Ok(outcomes) => {
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                let mut echo = String::new();
-                for ((entry, reply), appended) in batch.drain(..).zip(outcomes) {
-                    if !appended.duplicate {
-                        self.stats.rows.fetch_add(1, Ordering::Relaxed);
-                        if self.echo {
-                            echo.push_str(&format!(
-                                "[LOG] {}: {}\n",
-                                entry.event_type, entry.details
-                            ));
-                        }
-                        // No follower is not an error.
-                        let _ = self.committed.send(LogRow {
-                            id: appended.id,
-                            event_type: entry.event_type,
-                            details: entry.details,
-                            timestamp: entry.timestamp,
-                        });
-                    }
-                    // The caller may have gone away; the row is stored regardless.
-                    let _ = reply.send(Ok(appended));
-                }
-                if self.echo {
-                    // A closed or full stdout must not stop the system of record.
-                    let mut stdout = std::io::stdout().lock();
-                    let _ = stdout.write_all(echo.as_bytes());
-                    let _ = stdout.flush();
-                }
-            }
-            Err(error) => {
-                // Nothing in the batch was committed (the transaction rolled back), so each
-                // caller hears so and may retry; the cause is a disk or database problem
-                // shared by the whole batch, not something one request did.
-                tracing::error!(%error, rows = batch.len(), "committing a batch of logs failed");
-                let error = Arc::new(error);
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(Arc::clone(&error)));
-                }
-            }
+    /// Counts `lines` dropped, warning once when an episode of dropping starts.
+    fn dropped(&mut self, lines: u64) {
+        if self.dropping == 0 {
+            tracing::warn!(
+                buffered_bytes = ECHO_BUFFER_BYTES,
+                "stdout is not keeping up; dropping [LOG] echo lines until it does (rows are still stored)"
+            );
         }
+        self.dropping += lines;
+        self.stats.echo_dropped.fetch_add(lines, Ordering::Relaxed);
     }
 }
 

@@ -423,6 +423,118 @@ async fn acknowledged_rows_survive_kill_9() {
     assert_eq!(stored, expected);
 }
 
+/// A `logger_server` child whose stdout is a pipe the test stops reading after the startup
+/// line; killed on drop so a failing test leaves no process behind.
+struct UnreadStdoutServer {
+    child: std::process::Child,
+    /// Kept open, never read again: the pipe fills and the server's writes to it block.
+    _stdout: BufReader<std::process::ChildStdout>,
+    port: u16,
+}
+
+impl UnreadStdoutServer {
+    fn start(db: &Path) -> Self {
+        let mut child = Command::new(cargo_bin("logger_server"))
+            .args(["--addr", "127.0.0.1:0", "--db", db.to_str().expect("utf-8")])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("logger_server starts");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout pipe"));
+        // Only the first line, `Logger Service started on port N`, read on a thread so a
+        // server that never prints it fails the test after TIMEOUT instead of hanging it.
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = stdout.read_line(&mut line).map(|_| line);
+            let _ = sender.send((read, stdout));
+        });
+        let (line, stdout) = match receiver.recv_timeout(TIMEOUT) {
+            Ok((Ok(line), stdout)) => (line, stdout),
+            outcome => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "no startup line in time: {:?}",
+                    outcome.map(|(line, _)| line)
+                );
+            }
+        };
+        let port = line
+            .trim()
+            .strip_prefix("Logger Service started on port ")
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Self {
+            child,
+            _stdout: stdout,
+            port,
+        }
+    }
+}
+
+impl Drop for UnreadStdoutServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// With stdout a pipe nobody reads (a paused pager, a stuck log driver), the `[LOG]` echo
+/// fills it, yet 2,000 LogActivity calls with 1 KiB of details each are all answered and
+/// stored, and SIGTERM still stops the server cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_stdout_never_blocks_logging() {
+    const EVENTS: usize = 2000;
+    const WRITERS: usize = 8;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("logs.db");
+    let mut server = UnreadStdoutServer::start(&db);
+    let channel = grpc_suite::cli::connect(&format!("http://127.0.0.1:{}", server.port))
+        .await
+        .expect("connect");
+    let client = LoggerServiceClient::new(channel);
+    // 2 MB of echo: far past the pipe's 64 KiB and whatever the server buffers.
+    let filler = "x".repeat(1024);
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let mut client = client.clone();
+        let filler = filler.clone();
+        writers.push(tokio::spawn(async move {
+            for n in (writer..EVENTS).step_by(WRITERS) {
+                log(&mut client, event("FLOOD", &format!("{n} {filler}"))).await;
+            }
+        }));
+    }
+    for writer in writers {
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .expect("every call answered in time")
+            .expect("writer");
+    }
+    assert_eq!(stored_rows(&db).len(), EVENTS);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().expect("try_wait") {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not stop on SIGTERM with its stdout full"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+}
+
 /// logger_query prints an old-schema database built by plain SQL exactly, filters by type,
 /// and our server opens the same file, reads its rows and appends after them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,7 +119,9 @@ fn checked_limit(
 
 /// The time of day in the contract's format, `14:25:30.123`, server local time.
 fn timestamp() -> String {
-    chrono::Local::now().format("%H:%M:%S%.3f").to_string()
+    chrono::Local::now()
+        .format(grpc_suite::wire_time::RANDOM_TIMESTAMP)
+        .to_string()
 }
 
 #[tonic::async_trait]
@@ -303,7 +305,8 @@ mod tests {
     #[test]
     fn timestamp_has_milliseconds() {
         let stamp = timestamp();
-        chrono::NaiveTime::parse_from_str(&stamp, "%H:%M:%S%.3f").expect("contract format");
+        chrono::NaiveTime::parse_from_str(&stamp, grpc_suite::wire_time::RANDOM_TIMESTAMP)
+            .expect("contract format");
         assert_eq!(stamp.len(), "14:25:30.123".len(), "{stamp}");
     }
 }

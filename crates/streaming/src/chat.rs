@@ -37,7 +37,7 @@ pub const SHUTDOWN_NOTICE: &str = "Server is shutting down";
 
 /// Format of the server's timestamps on System messages (and on client messages that
 /// arrive without one): wall-clock time, as the old chat showed it.
-pub const CHAT_TIME_FORMAT: &str = "%H:%M:%S";
+pub const CHAT_TIME_FORMAT: &str = grpc_suite::wire_time::CHAT_TIME;
 
 /// Join and leave notices may fill a mailbox to this many times its chat capacity. A burst
 /// of joins (hundreds of clients arriving together) briefly outpaces every reader, and

@@ -12,7 +12,7 @@ use tonic::Status;
 use crate::activity::GaugeGuard;
 
 /// The contract's format for the time stream: `2025-01-31 14:25:30`.
-pub const TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
+pub const TIME_FORMAT: &str = grpc_suite::wire_time::SERVER_TIME;
 
 /// Time between two updates.
 pub const PERIOD: Duration = Duration::from_secs(1);
