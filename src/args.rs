@@ -15,6 +15,7 @@ use clap::{CommandFactory, Parser};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
+use crate::server::Listener;
 use crate::tls::{ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
 
 /// What the shared flags need to know about the service a binary belongs to.
@@ -151,10 +152,11 @@ impl ServerArgs {
         self.tls_files().map(|files| files.load()).transpose()
     }
 
-    /// Binds `--addr` and prints the startup line the old scripts printed,
-    /// `<title> started on port <port>` (the real port, so `--addr 127.0.0.1:0` reports the
-    /// one the OS picked; tests read it).
-    pub async fn bind_announced(&self, title: &str) -> anyhow::Result<TcpListener> {
+    /// Loads the TLS files, if any, then binds `--addr` and prints the startup line the old
+    /// scripts printed, `<title> started on port <port>` (the real port, so
+    /// `--addr 127.0.0.1:0` reports the one the OS picked; tests read it).
+    pub async fn bind_announced(&self, title: &str) -> anyhow::Result<Listener> {
+        let tls = self.tls()?;
         let listener = TcpListener::bind(self.addr.as_str())
             .await
             .with_context(|| format!("binding {}", self.addr))?;
@@ -163,7 +165,7 @@ impl ServerArgs {
             .context("reading the bound address")?
             .port();
         println!("{title} started on port {port}");
-        Ok(listener)
+        Ok(Listener::with_tls(listener, tls))
     }
 }
 

@@ -155,6 +155,9 @@ pub fn upload_name(path: &std::path::Path, store_as: Option<String>) -> anyhow::
 /// An error for a call the server refused or could not finish, worded for a person:
 /// `the server refused the request (INVALID_ARGUMENT): file name is empty`.
 pub fn status_error(status: Status) -> anyhow::Error {
+    if let Some(error) = transport_error(&status) {
+        return error;
+    }
     let message = status.message();
     match status.code() {
         Code::Unavailable => anyhow::anyhow!("the server is unavailable: {message}"),
@@ -170,6 +173,29 @@ pub fn status_error(status: Status) -> anyhow::Error {
             code_name(code)
         ),
     }
+}
+
+/// A status that tonic made up for a connection that failed under the call (the server
+/// never answered), worded by what went wrong: a TLS handshake the server refused, or
+/// HTTP/2 spoken to a TLS port. None for a status the server sent.
+fn transport_error(status: &Status) -> Option<anyhow::Error> {
+    let source = std::error::Error::source(status)?;
+    let cause = root_cause(source);
+    if cause.contains("alert") || cause.contains("certificate") {
+        return Some(anyhow::anyhow!(
+            "the server refused the TLS handshake (does it require a client certificate? --tls-cert, --tls-key): {cause}"
+        ));
+    }
+    if status.message().contains("h2 protocol error") || cause.contains("frame") {
+        return Some(anyhow::anyhow!(
+            "the connection failed ({cause}); if the server uses TLS, connect with an https:// URL"
+        ));
+    }
+    // A server that refuses a TLS 1.3 client certificate, or a TLS port spoken to in
+    // plaintext, shows the client nothing but a closed connection: name both causes.
+    Some(anyhow::anyhow!(
+        "the server closed the connection ({cause}); if it uses TLS, connect with an https:// URL, and if it requires a client certificate, pass --tls-cert and --tls-key"
+    ))
 }
 
 /// The canonical upper-case name of a gRPC code, as grpcurl and the gRPC docs spell it.

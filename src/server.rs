@@ -20,6 +20,8 @@ use tonic::{
 };
 use tonic_health::ServingStatus;
 
+use crate::tls::ServerTls;
+
 /// How long in-flight calls may run on after shutdown starts, unless a server chooses
 /// otherwise. Docker's default stop timeout is 10 s; this leaves room to exit cleanly.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(8);
@@ -31,6 +33,33 @@ const STOP_BOUND: Duration = Duration::from_secs(2);
 
 /// The health service's name, as reflection lists it.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
+/// Where a server listens: a bound socket, and the TLS it serves with, if any. A plain
+/// `TcpListener` converts into one without TLS, so tests and plaintext servers pass the
+/// socket as it is.
+#[derive(Debug)]
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<ServerTls>,
+}
+
+impl Listener {
+    /// A bound socket that serves TLS (mutual TLS when `tls` names a client CA).
+    pub fn with_tls(tcp: TcpListener, tls: Option<ServerTls>) -> Self {
+        Self { tcp, tls }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Self {
+        Self { tcp, tls: None }
+    }
+}
 
 /// A set of services to serve together, with the plumbing every server shares.
 ///
@@ -113,9 +142,10 @@ impl GrpcServer {
     /// two waits is bounded; passing the bound is logged with what is left.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listener: impl Into<Listener>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        let Listener { tcp: listener, tls } = listener.into();
         let local_addr = listener
             .local_addr()
             .context("reading the listener's address")?;
@@ -175,13 +205,26 @@ impl GrpcServer {
             let connections = connections.clone();
             move |accepted| accepted.map(|stream| connections.track(stream))
         });
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &tls {
+            // The handshake runs on the connection's own task, bounded by the TLS config's
+            // timeout, so a peer that never finishes it cannot hold up accepting others.
+            builder = builder
+                .tls_config(tls.config())
+                .context("setting up TLS")?;
+        }
+        let server = builder
             .layer(tower::util::MapResponseLayer::new(
                 relabel_oversized_request::<Body>,
             ))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal);
-        tracing::info!(%local_addr, "serving");
+        let transport = match &tls {
+            None => "plaintext",
+            Some(tls) if tls.is_mutual() => "mutual TLS",
+            Some(_) => "TLS",
+        };
+        tracing::info!(%local_addr, transport, "serving");
         let mut server = pin!(server);
 
         let grace_period = self.grace_period;

@@ -17,12 +17,12 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use grpc_suite::{
+    tls::ClientTls,
+    server::Listener,
     auth::auth_service_server::AuthServiceServer,
     logger::logger_service_client::LoggerServiceClient, server::GrpcServer,
 };
-use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::Endpoint;
 
 pub use credentials::Credentials;
 pub use error::AuthError;
@@ -47,13 +47,16 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Folder of the outbox file (created if missing).
     pub data_dir: PathBuf,
-    /// The logger service, e.g. `http://localhost:50055`.
+    /// The logger service, e.g. `http://localhost:50055` (`https://` for TLS).
     pub logger_url: String,
+    /// The CA and client certificate for an `https://` logger (default: system roots, no
+    /// client certificate).
+    pub logger_tls: ClientTls,
 }
 
 /// Serves the auth service until `shutdown`, delivering audit events in the background.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     credentials: Credentials,
     config: &Config,
     shutdown: CancellationToken,
@@ -64,8 +67,8 @@ pub async fn serve(
     let outbox = outbox::Outbox::open(&outbox_path)
         .with_context(|| format!("opening the audit outbox {}", outbox_path.display()))?;
     // Lazy: the auth server starts, and answers, whether or not the logger is up yet.
-    let logger_channel = Endpoint::from_shared(config.logger_url.clone())
-        .with_context(|| format!("invalid logger URL {:?}", config.logger_url))?
+    let logger_channel = grpc_suite::tls::endpoint(&config.logger_url, &config.logger_tls)
+        .context("the logger's address")?
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy();
     let sessions = Arc::new(sessions::SessionStore::new(config.session_ttl));

@@ -38,6 +38,7 @@ async fn start_auth(
         session_ttl,
         data_dir: data_dir.to_path_buf(),
         logger_url,
+        logger_tls: grpc_suite::tls::ClientTls::default(),
     };
     InProcessServer::start(move |listener, shutdown| async move {
         auth_service::serve(listener, credentials, &config, shutdown).await

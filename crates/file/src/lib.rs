@@ -12,9 +12,9 @@ mod service;
 use std::path::PathBuf;
 
 use grpc_suite::{
+    server::Listener,
     file::file_service_server::FileServiceServer, server::GrpcServer, storage::StorageDir,
 };
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::FileServiceError;
@@ -54,7 +54,7 @@ pub fn open_storage(config: &Config) -> std::io::Result<StorageDir> {
 
 /// Serves the file service, with health and reflection, until `shutdown` is cancelled.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     storage: StorageDir,
     config: &Config,
     shutdown: CancellationToken,

@@ -18,8 +18,8 @@ pub mod validate;
 
 use std::{path::PathBuf, time::Duration};
 
-use grpc_suite::{logger::logger_service_server::LoggerServiceServer, server::GrpcServer};
-use tokio::net::TcpListener;
+use grpc_suite::{
+    server::Listener,logger::logger_service_server::LoggerServiceServer, server::GrpcServer};
 use tokio_util::sync::CancellationToken;
 
 pub use error::LoggerError;
@@ -70,7 +70,7 @@ pub fn open_store(config: &Config) -> Result<Store, StoreError> {
 /// then lets in-flight calls finish, ends follow streams, and stops the writer once what
 /// it has queued is committed and no connection or follower of the server is left.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     store: Store,
     config: &Config,
     shutdown: CancellationToken,

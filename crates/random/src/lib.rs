@@ -15,9 +15,9 @@ mod metrics;
 mod service;
 
 use grpc_suite::{
+    server::Listener,
     random::random_number_service_server::RandomNumberServiceServer, server::GrpcServer,
 };
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::RandomServiceError;
@@ -56,7 +56,7 @@ impl Default for Config {
 /// long slow stream never holds the server up until the grace period runs out; returns once
 /// every connection is closed and every producer has ended.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     config: &Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -73,7 +73,7 @@ pub async fn serve(
 /// other services). The service's streams end when `shutdown` fires, and the server waits
 /// for its producers before returning.
 pub async fn serve_with(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     server: GrpcServer,
     service: RandomService,
     shutdown: CancellationToken,

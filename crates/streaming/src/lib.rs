@@ -24,10 +24,10 @@ pub mod upload;
 use std::{num::NonZeroUsize, path::PathBuf};
 
 use grpc_suite::{
+    server::Listener,
     server::GrpcServer, storage::StorageDir,
     streaming::streaming_service_server::StreamingServiceServer,
 };
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use error::StreamingError;
@@ -87,7 +87,7 @@ pub fn open_storage(config: &Config) -> std::io::Result<StorageDir> {
 /// its long streams (chat members are told) and lets the server drain. Returns once every
 /// connection is closed and every per-stream task has ended.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     service: StreamingService,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -96,7 +96,7 @@ pub async fn serve(
 
 /// [`serve`] on a `server` the caller configured (a grace period, other services).
 pub async fn serve_with(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     server: GrpcServer,
     service: StreamingService,
     shutdown: CancellationToken,

@@ -37,6 +37,16 @@ struct Args {
         value_parser = grpc_suite::args::server_url,
     )]
     logger_addr: String,
+    /// Trust this CA (PEM) for an https:// logger instead of the system's roots.
+    #[arg(long, env = "AUTH_SERVICE_LOGGER_CA_CERT", value_name = "PEM")]
+    logger_ca_cert: Option<PathBuf>,
+    /// Present this client certificate (PEM) to the logger (mutual TLS); needs
+    /// --logger-tls-key.
+    #[arg(long, env = "AUTH_SERVICE_LOGGER_TLS_CERT", value_name = "PEM", requires = "logger_tls_key")]
+    logger_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --logger-tls-cert.
+    #[arg(long, env = "AUTH_SERVICE_LOGGER_TLS_KEY", value_name = "PEM", requires = "logger_tls_cert")]
+    logger_tls_key: Option<PathBuf>,
     /// Read a password from standard input, print its argon2id hash for a users file, exit.
     #[arg(long)]
     hash_password: bool,
@@ -74,6 +84,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         session_ttl: Duration::from_secs(args.session_ttl_secs),
         data_dir: args.data_dir,
         logger_url: args.logger_addr,
+        logger_tls: grpc_suite::tls::ClientTlsFiles {
+            ca_cert: args.logger_ca_cert,
+            cert: args.logger_tls_cert,
+            key: args.logger_tls_key,
+        }
+        .load()
+        .context("the logger's TLS files")?,
     };
     let listener = args.server.bind_announced("Auth Service").await?;
     println!("Audit events go to the logger at {}", config.logger_url);
