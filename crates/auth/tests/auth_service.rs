@@ -2,6 +2,8 @@
 //! events that arrive exactly once, in order, with their original time, whether or not the
 //! logger was there when they happened.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers fail the test on the spot.
+
 use std::{path::Path, process::Stdio, time::Duration};
 
 use assert_cmd::cargo::cargo_bin;

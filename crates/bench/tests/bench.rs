@@ -2,6 +2,8 @@
 //! well-formed output only. No figure is compared with a threshold: the machine is shared
 //! and noisy, and the tool's job here is to keep working.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers fail the test on the spot.
+
 use std::time::Duration;
 
 use bench::Scenario;

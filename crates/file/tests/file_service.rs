@@ -1,6 +1,8 @@
 //! The file service as its users meet it: the generated client against an in-process
 //! server, the real binaries, and a Python grpcio client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers fail the test on the spot.
+
 use std::{path::Path, process::Command, time::Duration};
 
 use assert_cmd::cargo::cargo_bin;

@@ -2,6 +2,8 @@
 //! server, the real binaries (durability across `kill -9`, the old tool's database), and
 //! a Python grpcio client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers fail the test on the spot.
+
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,

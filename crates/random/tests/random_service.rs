@@ -2,6 +2,8 @@
 //! in-process server, the client library against it, the real binaries, and a Python
 //! grpcio client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers fail the test on the spot.
+
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,

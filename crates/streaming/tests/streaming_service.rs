@@ -2,6 +2,8 @@
 //! server, the client library with scripted input, the real binaries with piped stdin, and
 //! a Python grpcio client as the old system's.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers fail the test on the spot.
+
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     num::NonZeroUsize,

@@ -6,6 +6,9 @@
 //! Everything here is bounded in time: a test that cannot reach its server fails with a
 //! message instead of hanging.
 
+// Test support: a failed setup step should fail the test on the spot, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     future::Future,
     net::SocketAddr,
