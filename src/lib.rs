@@ -59,7 +59,8 @@ mod unpackaged {
 /// Generated code for `protos/auth_service.proto` (no package: `/AuthService/<Method>`).
 pub mod auth {
     pub use super::unpackaged::{
-        AuthResponse, LoginRequest, LogoutRequest, auth_service_client, auth_service_server,
+        AuthResponse, LoginRequest, LogoutRequest, ValidateSessionRequest, ValidateSessionResponse,
+        auth_service_client, auth_service_server,
     };
 
     /// The port the old system served this on, and ours by default.

@@ -16,3 +16,7 @@ pub const CHAT_TIME: &str = "%H:%M:%S";
 
 /// A `RandomNumberResponse.timestamp`, time of day to the millisecond, `14:25:30.123`.
 pub const RANDOM_TIMESTAMP: &str = "%H:%M:%S%.3f";
+
+/// `ValidateSessionResponse.expires_at`: RFC 3339 in UTC to the second,
+/// `2025-01-31T14:25:30Z`.
+pub const SESSION_EXPIRY: &str = "%Y-%m-%dT%H:%M:%SZ";

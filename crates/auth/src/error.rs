@@ -14,6 +14,9 @@ pub enum AuthError {
     /// The password is longer than any real one.
     #[error("password is longer than {0} bytes")]
     PasswordTooLong(usize),
+    /// Too many failed logins for this user or from this address; retry after the delay.
+    #[error("too many failed logins; try again in {} s", .0.as_secs().max(1))]
+    Throttled(std::time::Duration),
     /// The audit event could not be made durable, so the call was not carried out.
     #[error(transparent)]
     Audit(#[from] OutboxError),
@@ -25,6 +28,7 @@ impl From<AuthError> for Status {
             AuthError::BadUsername(_) | AuthError::PasswordTooLong(_) => {
                 Status::invalid_argument(error.to_string())
             }
+            AuthError::Throttled(_) => Status::resource_exhausted(error.to_string()),
             AuthError::Audit(cause) => {
                 tracing::error!(error = %cause, "audit event not recorded; refusing the call");
                 Status::unavailable("the server cannot record this event right now; try again")

@@ -12,6 +12,7 @@ mod error;
 pub mod outbox;
 mod service;
 pub mod sessions;
+pub mod throttle;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -51,6 +52,8 @@ pub struct Config {
     /// The CA and client certificate for an `https://` logger (default: system roots, no
     /// client certificate).
     pub logger_tls: ClientTls,
+    /// Failed-login bounds.
+    pub throttle: throttle::ThrottleConfig,
 }
 
 /// Serves the auth service until `shutdown`, delivering audit events in the background.
@@ -71,6 +74,26 @@ pub async fn serve(
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy();
     let sessions = Arc::new(sessions::SessionStore::new(config.session_ttl));
+    // Sessions survive a restart: those still live on disk are served again.
+    let now = std::time::SystemTime::now();
+    let kept = outbox
+        .live_sessions(service::unix_seconds(now))
+        .with_context(|| format!("reading the kept sessions in {}", outbox_path.display()))?;
+    let restored = kept.len();
+    for (id, username, expires_at) in kept {
+        let expires_at = std::time::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(expires_at).unwrap_or_default());
+        sessions.insert(
+            id,
+            sessions::Session {
+                username,
+                expires_at,
+            },
+        );
+    }
+    if restored > 0 {
+        tracing::info!(restored, "live sessions restored from the data folder");
+    }
 
     let background = TaskTracker::new();
     background.spawn(
@@ -81,7 +104,8 @@ pub async fn serve(
     background.spawn(sweep_sessions(Arc::clone(&sessions), shutdown.clone()));
     background.close();
 
-    let service = AuthService::new(credentials, sessions, outbox);
+    let throttle = Arc::new(throttle::Throttle::new(config.throttle));
+    let service = AuthService::new(credentials, sessions, outbox, throttle);
     let served = GrpcServer::new()
         .add_service(AuthServiceServer::new(service))
         .serve(listener, shutdown.clone())
@@ -97,7 +121,7 @@ async fn sweep_sessions(sessions: Arc<sessions::SessionStore>, shutdown: Cancell
     loop {
         tokio::select! {
             _ = ticks.tick() => {
-                let swept = sessions.sweep(std::time::Instant::now());
+                let swept = sessions.sweep(std::time::SystemTime::now());
                 if swept > 0 {
                     tracing::debug!(swept, "expired sessions removed");
                 }

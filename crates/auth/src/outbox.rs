@@ -62,6 +62,34 @@ impl AuditEvent {
     }
 }
 
+/// A change to the kept sessions, committed in the same transaction as its audit event:
+/// a session exists on disk exactly when its SESSION_STARTED is recorded and its
+/// SESSION_TERMINATED is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// A login: keep this session until it expires.
+    Start {
+        /// The session id.
+        id: uuid::Uuid,
+        /// Its user.
+        username: String,
+        /// When it expires, in seconds since the Unix epoch.
+        expires_at: i64,
+    },
+    /// A logout: forget this session.
+    End {
+        /// The session id.
+        id: uuid::Uuid,
+    },
+}
+
+/// What the writer commits: an event, and the session change it records, if any.
+#[derive(Debug, Clone)]
+struct Entry {
+    event: AuditEvent,
+    session: Option<SessionChange>,
+}
+
 /// Why an event could not be recorded.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OutboxError {
@@ -79,7 +107,7 @@ pub struct Outbox {
     /// The one writer thread, which owns the only write connection: SQLite work never runs
     /// on the async executor, one writer means no lock contention between writers, and
     /// group commit lets concurrent logins share one disk sync.
-    writes: GroupCommit<AuditEvent, (), OutboxError>,
+    writes: GroupCommit<Entry, (), OutboxError>,
     /// Wakes the delivery task when new events are committed. A `Notify` keeps one permit,
     /// so a commit that happens while the task is busy is never missed.
     committed: Arc<Notify>,
@@ -107,7 +135,12 @@ impl Outbox {
                  event_type TEXT NOT NULL,
                  details TEXT NOT NULL,
                  timestamp TEXT NOT NULL
-             );",
+             );
+             CREATE TABLE IF NOT EXISTS sessions (
+                 id TEXT PRIMARY KEY,
+                 username TEXT NOT NULL,
+                 expires_at INTEGER NOT NULL
+             ) WITHOUT ROWID;",
         )?;
         let committed = Arc::new(Notify::new());
         let wake = Arc::clone(&committed);
@@ -115,7 +148,7 @@ impl Outbox {
             "audit-outbox-writer",
             WRITE_QUEUE,
             MAX_WRITE_BATCH,
-            move |events: Vec<AuditEvent>| commit(&mut connection, &events, &wake),
+            move |entries: Vec<Entry>| commit(&mut connection, &entries, &wake),
         )
         .map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?;
         // Events left from an earlier run are waiting: let delivery start at once.
@@ -129,7 +162,56 @@ impl Outbox {
 
     /// Commits an event durably; returns once it is on disk.
     pub async fn record(&self, event: AuditEvent) -> Result<(), OutboxError> {
-        match self.writes.submit(event).await {
+        self.submit(Entry {
+            event,
+            session: None,
+        })
+        .await
+    }
+
+    /// Commits an event and the session change it records, in one transaction; returns
+    /// once both are on disk.
+    pub async fn record_session(
+        &self,
+        event: AuditEvent,
+        change: SessionChange,
+    ) -> Result<(), OutboxError> {
+        self.submit(Entry {
+            event,
+            session: Some(change),
+        })
+        .await
+    }
+
+    /// The sessions kept on disk that are still live at `now_unix` (seconds since the Unix
+    /// epoch), after removing the expired ones; for loading at start.
+    pub fn live_sessions(&self, now_unix: i64) -> rusqlite::Result<Vec<(uuid::Uuid, String, i64)>> {
+        let connection = open_connection(&self.path)?;
+        connection.execute(
+            "DELETE FROM sessions WHERE expires_at <= ?1",
+            params![now_unix],
+        )?;
+        let mut select = connection.prepare("SELECT id, username, expires_at FROM sessions")?;
+        let rows = select.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut live = Vec::new();
+        for row in rows {
+            let (id, username, expires_at) = row?;
+            // A row this code did not write is skipped rather than trusted.
+            if let Ok(id) = uuid::Uuid::parse_str(&id) {
+                live.push((id, username, expires_at));
+            }
+        }
+        Ok(live)
+    }
+
+    async fn submit(&self, entry: Entry) -> Result<(), OutboxError> {
+        match self.writes.submit(entry).await {
             Ok(()) => Ok(()),
             Err(SubmitError::Commit(error)) => Err(error),
             Err(SubmitError::Stopped) => Err(OutboxError::Closed),
@@ -264,39 +346,57 @@ impl Delivery {
     }
 }
 
-/// One group commit on the writer thread: writes `events` in one transaction, then wakes
-/// delivery. One `()` per event on success; the writer answers every caller after this.
+/// One group commit on the writer thread: writes `entries` in one transaction, then wakes
+/// delivery. One `()` per entry on success; the writer answers every caller after this.
 fn commit(
     connection: &mut Connection,
-    events: &[AuditEvent],
+    entries: &[Entry],
     committed: &Notify,
 ) -> Result<Vec<()>, OutboxError> {
-    match insert_all(connection, events) {
+    match insert_all(connection, entries) {
         Ok(()) => {
             committed.notify_one();
-            Ok(vec![(); events.len()])
+            Ok(vec![(); entries.len()])
         }
         Err(error) => {
-            tracing::error!(%error, events = events.len(), "audit outbox commit failed");
+            tracing::error!(%error, events = entries.len(), "audit outbox commit failed");
             Err(OutboxError::Write(error.to_string()))
         }
     }
 }
 
-/// Inserts `events`, in order, in one transaction (rolled back on any failure).
-fn insert_all(connection: &mut Connection, events: &[AuditEvent]) -> rusqlite::Result<()> {
+/// Inserts `entries`' events and applies their session changes, in order, in one
+/// transaction (rolled back on any failure).
+fn insert_all(connection: &mut Connection, entries: &[Entry]) -> rusqlite::Result<()> {
     let transaction = connection.transaction()?;
     {
         let mut insert = transaction.prepare_cached(
             "INSERT INTO outbox (event_id, event_type, details, timestamp) VALUES (?1, ?2, ?3, ?4)",
         )?;
-        for event in events {
+        let mut start = transaction.prepare_cached(
+            "INSERT OR REPLACE INTO sessions (id, username, expires_at) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut end = transaction.prepare_cached("DELETE FROM sessions WHERE id = ?1")?;
+        for Entry { event, session } in entries {
             insert.execute(params![
                 event.event_id,
                 event.event_type,
                 event.details,
                 event.timestamp
             ])?;
+            match session {
+                Some(SessionChange::Start {
+                    id,
+                    username,
+                    expires_at,
+                }) => {
+                    start.execute(params![id.to_string(), username, expires_at])?;
+                }
+                Some(SessionChange::End { id }) => {
+                    end.execute(params![id.to_string()])?;
+                }
+                None => {}
+            }
         }
     }
     transaction.commit()

@@ -1,17 +1,22 @@
 //! The AuthService handlers: check the request, verify the password on a blocking thread,
 //! keep the session, and record the audit event durably before answering.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    net::{IpAddr, Ipv6Addr},
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
-use grpc_suite::{auth as pb, server::run_blocking};
+use grpc_suite::{auth as pb, server::run_blocking, wire_time};
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use crate::{
     AuthError,
     credentials::Credentials,
-    outbox::{AuditEvent, Outbox},
+    outbox::{AuditEvent, Outbox, SessionChange},
     sessions::SessionStore,
+    throttle::Throttle,
 };
 
 /// The longest username accepted (bytes); keeps audit events well inside the logger's limits.
@@ -31,21 +36,30 @@ pub struct AuthService {
     credentials: Arc<Credentials>,
     sessions: Arc<SessionStore>,
     outbox: Outbox,
+    throttle: Arc<Throttle>,
     /// One argon2id check takes ~19 MiB and a core for tens of milliseconds; this bounds how
-    /// many run at once, so a burst of logins queues instead of exhausting memory.
+    /// many run at once, so a burst of logins queues instead of exhausting memory, and one
+    /// core is left for everything else (logouts, validations, the runtime itself) while a
+    /// flood of wrong passwords keeps the pool busy.
     password_checks: Arc<Semaphore>,
 }
 
 impl AuthService {
     /// A service over these accounts, sessions and outbox.
-    pub fn new(credentials: Credentials, sessions: Arc<SessionStore>, outbox: Outbox) -> Self {
+    pub fn new(
+        credentials: Credentials,
+        sessions: Arc<SessionStore>,
+        outbox: Outbox,
+        throttle: Arc<Throttle>,
+    ) -> Self {
         let parallelism =
             std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         Self {
             credentials: Arc::new(credentials),
             sessions,
             outbox,
-            password_checks: Arc::new(Semaphore::new(parallelism)),
+            throttle,
+            password_checks: Arc::new(Semaphore::new(parallelism.saturating_sub(1).max(1))),
         }
     }
 
@@ -91,12 +105,31 @@ impl pb::auth_service_server::AuthService for AuthService {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::AuthResponse>, Status> {
+        // Without a peer address (not over TCP) every caller shares one throttle bucket.
+        let address = request
+            .remote_addr()
+            .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |peer| peer.ip());
         let pb::LoginRequest { username, password } = request.into_inner();
         check_username(&username)?;
         if password.len() > MAX_PASSWORD_BYTES {
             return Err(AuthError::PasswordTooLong(MAX_PASSWORD_BYTES).into());
         }
+        if let Err(throttled) = self.throttle.check(&username, address, Instant::now()) {
+            if throttled.first_of_burst {
+                let event = AuditEvent::now(
+                    "LOGIN_THROTTLED",
+                    format!(
+                        "Logins for user '{username}' from {address} throttled after repeated failures"
+                    ),
+                );
+                self.outbox.record(event).await.map_err(AuthError::from)?;
+            }
+            tracing::info!(%username, %address, "login throttled");
+            return Err(AuthError::Throttled(throttled.retry_after).into());
+        }
         if !self.password_matches(username.clone(), password).await? {
+            self.throttle
+                .record_failure(&username, address, Instant::now());
             let event = AuditEvent::now(
                 "LOGIN_FAILED",
                 format!("Failed login for user '{username}'"),
@@ -105,13 +138,21 @@ impl pb::auth_service_server::AuthService for AuthService {
             tracing::info!(%username, "login refused");
             return Ok(answer(false, LOGIN_REFUSED, String::new()));
         }
-        let session_id = self.sessions.start(&username, Instant::now());
+        self.throttle.record_success(&username, address);
+        let (session_id, session) = self.sessions.issue(&username, SystemTime::now());
         let event = AuditEvent::now("SESSION_STARTED", format!("User '{username}' logged in"));
-        if let Err(error) = self.outbox.record(event).await {
-            // No audit record, no session: the client may simply try again.
-            self.sessions.end(&session_id, Instant::now());
-            return Err(AuthError::from(error).into());
-        }
+        let change = SessionChange::Start {
+            id: session_id,
+            username: username.clone(),
+            expires_at: unix_seconds(session.expires_at),
+        };
+        // The session and its audit record are committed together: no record, no session,
+        // and the client may simply try again.
+        self.outbox
+            .record_session(event, change)
+            .await
+            .map_err(AuthError::from)?;
+        self.sessions.insert(session_id, session);
         tracing::info!(%username, %session_id, "logged in");
         Ok(answer(true, LOGIN_OK, session_id.to_string()))
     }
@@ -125,15 +166,51 @@ impl pb::auth_service_server::AuthService for AuthService {
         let Ok(session_id) = uuid::Uuid::parse_str(raw_id.trim()) else {
             return Ok(answer(false, LOGOUT_UNKNOWN, raw_id));
         };
-        let Some(username) = self.sessions.end(&session_id, Instant::now()) else {
+        let Some(session) = self.sessions.end(&session_id, SystemTime::now()) else {
             return Ok(answer(false, LOGOUT_UNKNOWN, raw_id));
         };
+        let username = session.username.clone();
         let event = AuditEvent::now(
             "SESSION_TERMINATED",
             format!("Session {session_id} ({username}) ended"),
         );
-        self.outbox.record(event).await.map_err(AuthError::from)?;
+        let change = SessionChange::End { id: session_id };
+        if let Err(error) = self.outbox.record_session(event, change).await {
+            // Not recorded, so not ended: memory goes back to match the disk.
+            self.sessions.insert(session_id, session);
+            return Err(AuthError::from(error).into());
+        }
         tracing::info!(%username, %session_id, "logged out");
         Ok(answer(true, LOGOUT_OK, session_id.to_string()))
     }
+
+    #[tracing::instrument(skip_all)]
+    async fn validate_session(
+        &self,
+        request: Request<pb::ValidateSessionRequest>,
+    ) -> Result<Response<pb::ValidateSessionResponse>, Status> {
+        let raw_id = request.into_inner().session_id;
+        let session = uuid::Uuid::parse_str(raw_id.trim())
+            .ok()
+            .and_then(|id| self.sessions.get(&id, SystemTime::now()));
+        let reply = match session {
+            Some(session) => pb::ValidateSessionResponse {
+                valid: true,
+                username: session.username,
+                expires_at: chrono::DateTime::<chrono::Utc>::from(session.expires_at)
+                    .format(wire_time::SESSION_EXPIRY)
+                    .to_string(),
+            },
+            None => pb::ValidateSessionResponse::default(),
+        };
+        Ok(Response::new(reply))
+    }
+}
+
+/// Seconds since the Unix epoch (0 for a time before it, which no expiry is).
+pub(crate) fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
 }

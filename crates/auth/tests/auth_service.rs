@@ -41,6 +41,7 @@ async fn start_auth(
         data_dir: data_dir.to_path_buf(),
         logger_url,
         logger_tls: grpc_suite::tls::ClientTls::default(),
+        throttle: auth_service::throttle::ThrottleConfig::default(),
     };
     InProcessServer::start(move |listener, shutdown| async move {
         auth_service::serve(listener, credentials, &config, shutdown).await

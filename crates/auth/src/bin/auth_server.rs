@@ -57,6 +57,17 @@ struct Args {
         requires = "logger_tls_cert"
     )]
     logger_tls_key: Option<PathBuf>,
+    /// Failed logins of one user from one address, within the window, before that pair is
+    /// refused (RESOURCE_EXHAUSTED, no password check) until the window passes.
+    #[arg(long, env = "AUTH_SERVICE_LOGIN_FAILURES_PER_USER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    login_failures_per_user: u32,
+    /// Failed logins from one address, any users, within the window, before that address
+    /// is refused until the window passes.
+    #[arg(long, env = "AUTH_SERVICE_LOGIN_FAILURES_PER_ADDRESS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    login_failures_per_address: u32,
+    /// How long failed logins are counted, and how long a throttle lasts, in seconds.
+    #[arg(long, env = "AUTH_SERVICE_LOGIN_THROTTLE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    login_throttle_secs: u64,
     /// Read a password from standard input, print its argon2id hash for a users file, exit.
     #[arg(long)]
     hash_password: bool,
@@ -101,6 +112,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         .load()
         .context("the logger's TLS files")?,
+        throttle: auth_service::throttle::ThrottleConfig {
+            failures_per_user: args.login_failures_per_user,
+            failures_per_address: args.login_failures_per_address,
+            window: Duration::from_secs(args.login_throttle_secs),
+        },
     };
     let listener = args.server.bind_announced("Auth Service").await?;
     println!("Audit events go to the logger at {}", config.logger_url);
