@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
 use crate::server::Listener;
+use crate::session_guard::SessionGuard;
 use crate::tls::{ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
 
 /// What the shared flags need to know about the service a binary belongs to.
@@ -46,6 +47,42 @@ pub struct ServerArgs {
     /// Also require client certificates signed by this CA (mutual TLS); needs --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+}
+
+/// Flags of the servers that can require sessions (file, random, streaming): where the
+/// auth service is, and how to reach it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SessionArgs {
+    /// Require a live session on every call (but health and reflection), checked with the
+    /// auth service at this URL (or HOST:PORT). Without it the service is open.
+    #[arg(long, value_name = "URL", value_parser = server_url)]
+    pub auth_url: Option<String>,
+    /// Trust this CA (PEM) for an https:// auth service instead of the system's roots.
+    #[arg(long, value_name = "PEM", requires = "auth_url")]
+    pub auth_ca_cert: Option<PathBuf>,
+    /// Present this client certificate (PEM) to the auth service; needs --auth-tls-key.
+    #[arg(long, value_name = "PEM", requires = "auth_tls_key")]
+    pub auth_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --auth-tls-cert.
+    #[arg(long, value_name = "PEM", requires = "auth_tls_cert")]
+    pub auth_tls_key: Option<PathBuf>,
+}
+
+impl SessionArgs {
+    /// The guard, when `--auth-url` is given; its TLS files are checked here.
+    pub fn guard(&self) -> anyhow::Result<Option<SessionGuard>> {
+        let Some(url) = &self.auth_url else {
+            return Ok(None);
+        };
+        let tls = ClientTlsFiles {
+            ca_cert: self.auth_ca_cert.clone(),
+            cert: self.auth_tls_cert.clone(),
+            key: self.auth_tls_key.clone(),
+        }
+        .load()
+        .context("the auth service's TLS files")?;
+        Ok(Some(SessionGuard::new(url, &tls)?))
+    }
 }
 
 /// Flags every client takes to reach its server. `--server` may stand before or after a
@@ -93,6 +130,10 @@ pub fn command<A: CommandFactory>(service: Service) -> clap::Command {
         ("tls_cert", "TLS_CERT"),
         ("tls_key", "TLS_KEY"),
         ("tls_client_ca", "TLS_CLIENT_CA"),
+        ("auth_url", "AUTH_URL"),
+        ("auth_ca_cert", "AUTH_CA_CERT"),
+        ("auth_tls_cert", "AUTH_TLS_CERT"),
+        ("auth_tls_key", "AUTH_TLS_KEY"),
         ("server", "URL"),
         ("ca_cert", "CA_CERT"),
         ("client_cert", "CLIENT_CERT"),

@@ -136,6 +136,25 @@ pub async fn check_health(channel: Channel) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads a bearer token from a file (surrounding white space ignored): what the auth
+/// service and `logger_client` present to a logger started with token files.
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.trim();
+    anyhow::ensure!(
+        !token.is_empty(),
+        "the token file {} is empty",
+        path.display()
+    );
+    anyhow::ensure!(
+        token.bytes().all(|byte| byte.is_ascii_graphic()),
+        "the token in {} must be printable ASCII without spaces",
+        path.display()
+    );
+    Ok(token.to_owned())
+}
+
 /// The name a client stores a local file under: `--as NAME` when given, else the file's
 /// own name (the server keeps only a base name either way).
 pub fn upload_name(path: &std::path::Path, store_as: Option<String>) -> anyhow::Result<String> {

@@ -10,6 +10,7 @@
 //! - [`args`]: the flags every server and every client takes, defined once.
 //! - [`cli`]: what every binary's `main` shares: tracing setup, exit codes, connecting.
 //! - [`gauge`]: a live, awaitable count of in-flight work, for observing that it stopped.
+//! - [`session_guard`]: `--auth-url`: calls need a live session, checked with the auth service.
 //! - [`tls`]: checked TLS files for servers and clients, and the endpoint every client dials.
 //! - [`storage`]: the rules for client-supplied file names and atomic file writes, used by
 //!   the file and streaming services alike.
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod gauge;
 pub mod group_commit;
 pub mod server;
+pub mod session_guard;
 pub mod storage;
 pub mod tls;
 pub mod wire_time;

@@ -20,7 +20,10 @@ use tonic::{
 };
 use tonic_health::ServingStatus;
 
-use crate::tls::ServerTls;
+use crate::{
+    session_guard::{SessionGuard, SessionGuardLayer},
+    tls::ServerTls,
+};
 
 /// How long in-flight calls may run on after shutdown starts, unless a server chooses
 /// otherwise. Docker's default stop timeout is 10 s; this leaves room to exit cleanly.
@@ -34,19 +37,31 @@ const STOP_BOUND: Duration = Duration::from_secs(2);
 /// The health service's name, as reflection lists it.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
-/// Where a server listens: a bound socket, and the TLS it serves with, if any. A plain
-/// `TcpListener` converts into one without TLS, so tests and plaintext servers pass the
-/// socket as it is.
+/// Where a server meets its callers: a bound socket, the TLS it serves with, and the
+/// session guard its calls pass, if any. A plain `TcpListener` converts into one with
+/// neither, so tests and open plaintext servers pass the socket as it is, and no service
+/// library needs a parameter for either.
 #[derive(Debug)]
 pub struct Listener {
     tcp: TcpListener,
     tls: Option<ServerTls>,
+    guard: Option<SessionGuard>,
 }
 
 impl Listener {
     /// A bound socket that serves TLS (mutual TLS when `tls` names a client CA).
     pub fn with_tls(tcp: TcpListener, tls: Option<ServerTls>) -> Self {
-        Self { tcp, tls }
+        Self {
+            tcp,
+            tls,
+            guard: None,
+        }
+    }
+
+    /// Every call but health and reflection must then carry a live session.
+    pub fn with_session_guard(mut self, guard: Option<SessionGuard>) -> Self {
+        self.guard = guard;
+        self
     }
 
     /// The bound address.
@@ -57,7 +72,7 @@ impl Listener {
 
 impl From<TcpListener> for Listener {
     fn from(tcp: TcpListener) -> Self {
-        Self { tcp, tls: None }
+        Self::with_tls(tcp, None)
     }
 }
 
@@ -145,7 +160,11 @@ impl GrpcServer {
         listener: impl Into<Listener>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let Listener { tcp: listener, tls } = listener.into();
+        let Listener {
+            tcp: listener,
+            tls,
+            guard,
+        } = listener.into();
         let local_addr = listener
             .local_addr()
             .context("reading the listener's address")?;
@@ -215,6 +234,7 @@ impl GrpcServer {
             .layer(tower::util::MapResponseLayer::new(
                 relabel_oversized_request::<Body>,
             ))
+            .layer(tower::util::option_layer(guard.map(SessionGuardLayer)))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal);
         let transport = match &tls {

@@ -54,6 +54,8 @@ pub struct Config {
     pub logger_tls: ClientTls,
     /// Failed-login bounds.
     pub throttle: throttle::ThrottleConfig,
+    /// The token the logger's `--write-token-file` holds, presented with every event.
+    pub logger_token: Option<String>,
 }
 
 /// Serves the auth service until `shutdown`, delivering audit events in the background.
@@ -73,6 +75,12 @@ pub async fn serve(
         .context("the logger's address")?
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy();
+    let logger_token = config
+        .logger_token
+        .as_deref()
+        .map(|token| format!("Bearer {token}").parse())
+        .transpose()
+        .context("the logger token must be printable ASCII")?;
     let sessions = Arc::new(sessions::SessionStore::new(config.session_ttl));
     // Sessions survive a restart: those still live on disk are served again.
     let now = std::time::SystemTime::now();
@@ -96,11 +104,11 @@ pub async fn serve(
     }
 
     let background = TaskTracker::new();
-    background.spawn(
-        outbox
-            .clone()
-            .deliver(LoggerServiceClient::new(logger_channel), shutdown.clone()),
-    );
+    background.spawn(outbox.clone().deliver(
+        LoggerServiceClient::new(logger_channel),
+        logger_token,
+        shutdown.clone(),
+    ));
     background.spawn(sweep_sessions(Arc::clone(&sessions), shutdown.clone()));
     background.close();
 

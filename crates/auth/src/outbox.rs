@@ -232,7 +232,14 @@ impl Outbox {
 
     /// Delivers committed events to the logger, in order, until `shutdown`. Events it could
     /// not deliver stay in the file for the next run.
-    pub async fn deliver(self, logger: LoggerServiceClient<Channel>, shutdown: CancellationToken) {
+    /// `token`, when set, is presented as `authorization: Bearer <token>` (the logger's
+    /// `--write-token-file`).
+    pub async fn deliver(
+        self,
+        logger: LoggerServiceClient<Channel>,
+        token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+        shutdown: CancellationToken,
+    ) {
         let mut reader = match open_connection(&self.path) {
             Ok(connection) => connection,
             Err(error) => {
@@ -240,7 +247,11 @@ impl Outbox {
                 return;
             }
         };
-        let mut delivery = Delivery { logger, shutdown };
+        let mut delivery = Delivery {
+            logger,
+            token,
+            shutdown,
+        };
         loop {
             let read = run_blocking(move || {
                 let batch = read_batch(&reader, DELIVERY_BATCH);
@@ -294,6 +305,8 @@ impl Outbox {
 /// The delivery side's connection to the logger and its stop signal.
 struct Delivery {
     logger: LoggerServiceClient<Channel>,
+    /// The `authorization` value every delivery carries, if the logger guards writes.
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     shutdown: CancellationToken,
 }
 
@@ -308,8 +321,11 @@ impl Delivery {
         };
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let attempt =
-                tokio::time::timeout(DELIVERY_TIMEOUT, self.logger.log_activity(request.clone()));
+            let mut call = tonic::Request::new(request.clone());
+            if let Some(token) = &self.token {
+                call.metadata_mut().insert("authorization", token.clone());
+            }
+            let attempt = tokio::time::timeout(DELIVERY_TIMEOUT, self.logger.log_activity(call));
             let outcome = tokio::select! {
                 outcome = attempt => outcome,
                 () = self.shutdown.cancelled() => return false,

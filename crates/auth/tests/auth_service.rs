@@ -36,13 +36,21 @@ async fn start_auth(
     credentials: Credentials,
     session_ttl: Duration,
 ) -> InProcessServer {
-    let config = Config {
+    start_auth_with(config(data_dir, logger_url, session_ttl), credentials).await
+}
+
+fn config(data_dir: &Path, logger_url: String, session_ttl: Duration) -> Config {
+    Config {
         session_ttl,
         data_dir: data_dir.to_path_buf(),
         logger_url,
         logger_tls: grpc_suite::tls::ClientTls::default(),
         throttle: auth_service::throttle::ThrottleConfig::default(),
-    };
+        logger_token: None,
+    }
+}
+
+async fn start_auth_with(config: Config, credentials: Credentials) -> InProcessServer {
     InProcessServer::start(move |listener, shutdown| async move {
         auth_service::serve(listener, credentials, &config, shutdown).await
     })
@@ -450,4 +458,303 @@ async fn python_client_logs_in_and_out() {
     let logs = wait_for_logs(&logger, 2).await;
     let kinds: Vec<_> = logs.iter().map(|entry| entry.event_type.as_str()).collect();
     assert_eq!(kinds, ["SESSION_STARTED", "SESSION_TERMINATED"]);
+}
+
+// ---- Sessions that guard the services, throttling, the logger's tokens ----
+
+/// A URL where nothing answers for the test's lifetime: a listener that never accepts.
+async fn silent_url() -> (TcpListener, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    (listener, url)
+}
+
+async fn validate(
+    client: &mut AuthServiceClient<Channel>,
+    session_id: &str,
+) -> pb::ValidateSessionResponse {
+    let request = pb::ValidateSessionRequest {
+        session_id: session_id.into(),
+    };
+    tokio::time::timeout(TIMEOUT, client.validate_session(request))
+        .await
+        .expect("validate in time")
+        .expect("validate answered")
+        .into_inner()
+}
+
+/// ValidateSession: a live session names its user and expiry; a logged-out, expired,
+/// unknown or malformed one is not valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_session_answers_for_live_sessions_only() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let (_silent, logger_url) = silent_url().await;
+    let auth = start_auth(folder.path(), logger_url, demo(), Duration::from_secs(2)).await;
+    let mut client = auth_client(&auth).await;
+
+    let live = login(&mut client, "user1", "pass123").await.session_id;
+    let answer = validate(&mut client, &live).await;
+    assert!(answer.valid);
+    assert_eq!(answer.username, "user1");
+    let expires = chrono::DateTime::parse_from_rfc3339(&answer.expires_at).expect("RFC 3339");
+    let left = expires.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    assert!(left <= chrono::Duration::seconds(2), "{left}");
+
+    let ended = login(&mut client, "user1", "pass123").await.session_id;
+    assert!(logout(&mut client, &ended).await.success);
+    assert!(!validate(&mut client, &ended).await.valid, "logged out");
+    assert!(
+        !validate(&mut client, &uuid::Uuid::new_v4().to_string())
+            .await
+            .valid
+    );
+    assert!(!validate(&mut client, "not a uuid").await.valid);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let expired = validate(&mut client, &live).await;
+    assert!(!expired.valid, "expired");
+    assert_eq!(expired.username, "", "nothing said about a dead session");
+}
+
+/// Sessions outlive an auth restart (kept in the data folder) and can be ended after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_an_auth_restart() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let (_silent, logger_url) = silent_url().await;
+    let auth = start_auth(
+        folder.path(),
+        logger_url.clone(),
+        demo(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut client = auth_client(&auth).await;
+    let kept = login(&mut client, "user1", "pass123").await.session_id;
+    let ended = login(&mut client, "user1", "pass123").await.session_id;
+    assert!(logout(&mut client, &ended).await.success);
+    auth.stop().await.expect("stops");
+
+    let auth = start_auth(folder.path(), logger_url, demo(), Duration::from_secs(60)).await;
+    let mut client = auth_client(&auth).await;
+    let answer = validate(&mut client, &kept).await;
+    assert!(answer.valid, "a live session survives the restart");
+    assert_eq!(answer.username, "user1");
+    assert!(
+        !validate(&mut client, &ended).await.valid,
+        "an ended one stays ended"
+    );
+    assert!(
+        logout(&mut client, &kept).await.success,
+        "and can be ended after it"
+    );
+    assert!(!validate(&mut client, &kept).await.valid);
+}
+
+/// Repeated failures throttle the user at that address: RESOURCE_EXHAUSTED saying when to
+/// retry, even with the right password (no check is made), recorded once as
+/// LOGIN_THROTTLED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let logger = start_logger(folder.path()).await;
+    let mut config = config(folder.path(), logger.url(), Duration::from_secs(60));
+    config.throttle = auth_service::throttle::ThrottleConfig {
+        failures_per_user: 3,
+        failures_per_address: 100,
+        window: Duration::from_secs(60),
+    };
+    let auth = start_auth_with(config, demo()).await;
+    let mut client = auth_client(&auth).await;
+    let mut fastest_check = Duration::MAX;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        assert!(!login(&mut client, "user1", "wrong").await.success);
+        fastest_check = fastest_check.min(started.elapsed());
+    }
+    let mut fastest_throttled = Duration::MAX;
+    for password in ["wrong", "pass123", "wrong"] {
+        let request = pb::LoginRequest {
+            username: "user1".into(),
+            password: password.into(),
+        };
+        let started = std::time::Instant::now();
+        let status = tokio::time::timeout(TIMEOUT, client.login(request))
+            .await
+            .expect("in time")
+            .expect_err("throttled");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("try again in"), "{status}");
+        fastest_throttled = fastest_throttled.min(started.elapsed());
+    }
+    // Compared within the run, fastest against fastest, so machine load cancels out: an
+    // argon2id check takes tens of milliseconds, a refusal without one a fraction of that.
+    assert!(
+        fastest_throttled < fastest_check,
+        "no password check while throttled ({fastest_throttled:?} vs {fastest_check:?} with one)"
+    );
+    // Another user from the same address is not throttled by user1's failures.
+    assert!(!login(&mut client, "someone", "wrong").await.success);
+    let logs = wait_for_logs(&logger, 5).await;
+    let kinds: Vec<_> = logs.iter().map(|entry| entry.event_type.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "LOGIN_FAILED",
+            "LOGIN_FAILED",
+            "LOGIN_FAILED",
+            "LOGIN_THROTTLED",
+            "LOGIN_FAILED"
+        ],
+        "one LOGIN_THROTTLED per burst"
+    );
+}
+
+/// A file service started with a session guard: refuses calls without a live session,
+/// serves them with one, and keeps health open.
+async fn start_guarded_file_service(folder: &Path, auth_url: &str) -> InProcessServer {
+    let guard = grpc_suite::session_guard::SessionGuard::new(
+        auth_url,
+        &grpc_suite::tls::ClientTls::default(),
+    )
+    .expect("guard");
+    let config = file_service::Config {
+        upload_dir: folder.join("files"),
+        max_file_size: 1024,
+    };
+    let storage = file_service::open_storage(&config).expect("storage");
+    InProcessServer::start(move |listener, shutdown| async move {
+        let listener =
+            grpc_suite::server::Listener::with_tls(listener, None).with_session_guard(Some(guard));
+        file_service::serve(listener, storage, &config, shutdown).await
+    })
+    .await
+}
+
+async fn say_hello(
+    server: &InProcessServer,
+    session: Option<&str>,
+) -> Result<String, tonic::Status> {
+    let mut client =
+        grpc_suite::file::file_service_client::FileServiceClient::new(server.channel().await);
+    let mut request = tonic::Request::new(grpc_suite::file::HelloRequest { name: "Ada".into() });
+    if let Some(session) = session {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {session}").parse().expect("metadata"),
+        );
+    }
+    tokio::time::timeout(TIMEOUT, client.say_hello(request))
+        .await
+        .expect("answered in time")
+        .map(|reply| reply.into_inner().message)
+}
+
+/// With `--auth-url`: no session, a bogus, an expired or a logged-out one is
+/// UNAUTHENTICATED; a live one works; health needs none; auth down is UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guarded_service_needs_a_live_session() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let (_silent, logger_url) = silent_url().await;
+    let auth = start_auth(folder.path(), logger_url, demo(), Duration::from_secs(1)).await;
+    let guarded = start_guarded_file_service(folder.path(), &auth.url()).await;
+    let mut client = auth_client(&auth).await;
+
+    let none = say_hello(&guarded, None).await.expect_err("no session");
+    assert_eq!(none.code(), Code::Unauthenticated);
+    assert!(
+        none.message().contains("auth_client --print-session"),
+        "{none}"
+    );
+    let bogus = say_hello(&guarded, Some(&uuid::Uuid::new_v4().to_string()))
+        .await
+        .expect_err("bogus");
+    assert_eq!(bogus.code(), Code::Unauthenticated);
+
+    let live = login(&mut client, "user1", "pass123").await.session_id;
+    assert_eq!(
+        say_hello(&guarded, Some(&live)).await.expect("live"),
+        "Hello, Ada!"
+    );
+
+    let ended = login(&mut client, "user1", "pass123").await.session_id;
+    assert!(logout(&mut client, &ended).await.success);
+    let logged_out = say_hello(&guarded, Some(&ended))
+        .await
+        .expect_err("logged out");
+    assert_eq!(logged_out.code(), Code::Unauthenticated);
+
+    let expiring = login(&mut client, "user1", "pass123").await.session_id;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let expired = say_hello(&guarded, Some(&expiring))
+        .await
+        .expect_err("expired");
+    assert_eq!(expired.code(), Code::Unauthenticated);
+
+    let health = grpc_suite::cli::check_health(guarded.channel().await).await;
+    assert!(health.is_ok(), "health needs no session: {health:?}");
+
+    auth.stop().await.expect("auth stops");
+    let fresh = uuid::Uuid::new_v4().to_string();
+    let down = say_hello(&guarded, Some(&fresh))
+        .await
+        .expect_err("auth down");
+    assert_eq!(down.code(), Code::Unavailable, "fails closed: {down}");
+}
+
+/// A logger with a write token refuses anonymous and wrong-token writes and stores
+/// nothing; auth presenting the token still delivers every event, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logger_write_token_admits_only_auth() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let token = "a-test-token-0123456789";
+    let logger_config = logger_service::Config {
+        db_path: folder.path().join("logs.db"),
+        tokens: logger_service::tokens::Tokens {
+            write: Some(token.to_owned()),
+            read: None,
+        },
+        ..logger_service::Config::default()
+    };
+    let store = logger_service::open_store(&logger_config).expect("store");
+    let logger = InProcessServer::start(move |listener, shutdown| async move {
+        logger_service::serve(listener, store, &logger_config, shutdown).await
+    })
+    .await;
+    let mut writer =
+        log_pb::logger_service_client::LoggerServiceClient::new(logger.channel().await);
+    let forged = || log_pb::LogRequest {
+        event_type: "SESSION_STARTED".into(),
+        details: "User 'mallory' logged in".into(),
+        ..Default::default()
+    };
+    let anonymous = writer.log_activity(forged()).await.expect_err("anonymous");
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(forged());
+    wrong.metadata_mut().insert(
+        "authorization",
+        "Bearer not-the-token".parse().expect("metadata"),
+    );
+    let wrong = writer.log_activity(wrong).await.expect_err("wrong token");
+    assert_eq!(wrong.code(), Code::PermissionDenied);
+
+    let mut config = config(folder.path(), logger.url(), Duration::from_secs(60));
+    config.logger_token = Some(token.to_owned());
+    let auth = start_auth_with(config, demo()).await;
+    let mut client = auth_client(&auth).await;
+    let session = login(&mut client, "user1", "pass123").await.session_id;
+    assert!(logout(&mut client, &session).await.success);
+    let logs = wait_for_logs(&logger, 2).await;
+    assert_eq!(
+        kinds_and_details(&logs),
+        [
+            (
+                "SESSION_STARTED".to_owned(),
+                "User 'user1' logged in".to_owned()
+            ),
+            (
+                "SESSION_TERMINATED".to_owned(),
+                format!("Session {session} (user1) ended")
+            ),
+        ],
+        "auth's events once each, and nothing forged"
+    );
 }

@@ -14,6 +14,7 @@ pub mod query;
 mod service;
 pub mod store;
 pub mod table;
+pub mod tokens;
 pub mod validate;
 
 use std::{path::PathBuf, time::Duration};
@@ -49,6 +50,8 @@ pub struct Config {
     /// Print each committed row as `[LOG] <event_type>: <details>` on stdout (the binary
     /// does, as the old server did; in-process tests need not).
     pub echo: bool,
+    /// The tokens LogActivity, and QueryLogs/FollowLogs, need; none means open.
+    pub tokens: tokens::Tokens,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             db_path: PathBuf::from(DEFAULT_DB),
             max_query_limit: DEFAULT_MAX_QUERY_LIMIT,
             echo: false,
+            tokens: tokens::Tokens::default(),
         }
     }
 }
@@ -76,7 +80,8 @@ pub async fn serve(
     config: &Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let service = LoggerService::new(store.clone(), config.max_query_limit, shutdown.clone());
+    let service = LoggerService::new(store.clone(), config.max_query_limit, shutdown.clone())
+        .with_tokens(config.tokens.clone());
     let served = GrpcServer::new()
         .track_tasks(service.task_tracker())
         .add_service(LoggerServiceServer::new(service))

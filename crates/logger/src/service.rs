@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     LoggerError,
     store::{self, LogRow, Store},
+    tokens::Tokens,
     validate,
 };
 
@@ -31,6 +32,8 @@ pub struct LoggerService {
     /// Every follower runs on it, so the server can wait until none is left before the
     /// store's writer is stopped.
     tasks: TaskTracker,
+    /// Who may write and read (open when unset).
+    tokens: Tokens,
 }
 
 impl LoggerService {
@@ -42,7 +45,14 @@ impl LoggerService {
             max_query_limit,
             shutdown,
             tasks: TaskTracker::new(),
+            tokens: Tokens::default(),
         }
+    }
+
+    /// Requires these tokens for writes and reads.
+    pub fn with_tokens(mut self, tokens: Tokens) -> Self {
+        self.tokens = tokens;
+        self
     }
 
     /// Follower tasks that have not ended yet.
@@ -85,6 +95,7 @@ impl pb::logger_service_server::LoggerService for LoggerService {
         &self,
         request: Request<pb::LogRequest>,
     ) -> Result<Response<pb::LogResponse>, Status> {
+        self.tokens.check_write(request.metadata())?;
         let entry = validate::new_entry(request.into_inner(), chrono::Local::now().naive_local())?;
         let event_type = entry.event_type.clone();
         let appended = self.store.append(entry).await.map_err(LoggerError::from)?;
@@ -99,6 +110,7 @@ impl pb::logger_service_server::LoggerService for LoggerService {
         &self,
         request: Request<pb::LogQueryRequest>,
     ) -> Result<Response<pb::LogQueryResponse>, Status> {
+        self.tokens.check_read(request.metadata())?;
         let pb::LogQueryRequest { limit, event_type } = request.into_inner();
         let limit = validate::query_limit(limit, self.max_query_limit)?;
         let filter = validate::type_filter(event_type);
@@ -118,6 +130,7 @@ impl pb::logger_service_server::LoggerService for LoggerService {
         &self,
         request: Request<pb::LogFollowRequest>,
     ) -> Result<Response<Self::FollowLogsStream>, Status> {
+        self.tokens.check_read(request.metadata())?;
         let pb::LogFollowRequest {
             backlog,
             event_type,

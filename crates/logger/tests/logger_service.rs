@@ -25,6 +25,7 @@ async fn start(db: &Path, max_query_limit: u32) -> (InProcessServer, Arc<StoreSt
         db_path: db.to_path_buf(),
         max_query_limit,
         echo: false,
+        tokens: logger_service::tokens::Tokens::default(),
     };
     let store = logger_service::open_store(&config).expect("opening the database");
     let stats = store.stats();

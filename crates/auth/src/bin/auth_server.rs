@@ -57,6 +57,9 @@ struct Args {
         requires = "logger_tls_cert"
     )]
     logger_tls_key: Option<PathBuf>,
+    /// Present the token in this file to the logger (its --write-token-file).
+    #[arg(long, env = "AUTH_SERVICE_LOGGER_TOKEN_FILE", value_name = "PATH")]
+    logger_token_file: Option<PathBuf>,
     /// Failed logins of one user from one address, within the window, before that pair is
     /// refused (RESOURCE_EXHAUSTED, no password check) until the window passes.
     #[arg(long, env = "AUTH_SERVICE_LOGIN_FAILURES_PER_USER", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
@@ -117,6 +120,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             failures_per_address: args.login_failures_per_address,
             window: Duration::from_secs(args.login_throttle_secs),
         },
+        logger_token: args
+            .logger_token_file
+            .as_deref()
+            .map(grpc_suite::cli::read_token_file)
+            .transpose()?,
     };
     let listener = args.server.bind_announced("Auth Service").await?;
     println!("Audit events go to the logger at {}", config.logger_url);

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser;
-use grpc_suite::args::{ServerArgs, Service};
+use grpc_suite::args::{ServerArgs, Service, SessionArgs};
 
 /// Serves the file service: greetings, server time, file writes and listing.
 #[derive(Debug, Parser)]
@@ -12,6 +12,8 @@ use grpc_suite::args::{ServerArgs, Service};
 struct Args {
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    sessions: SessionArgs,
     /// Folder that receives written files (created if missing).
     #[arg(long, env = "FILE_SERVICE_DIR", default_value = "uploaded_files")]
     dir: PathBuf,
@@ -41,7 +43,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let storage = file_service::open_storage(&config)
         .with_context(|| format!("opening the upload folder {}", config.upload_dir.display()))?;
-    let listener = args.server.bind_announced("File Service").await?;
+    let guard = args.sessions.guard()?;
+    let listener = args
+        .server
+        .bind_announced("File Service")
+        .await?
+        .with_session_guard(guard);
     println!("Files will be stored in: {}", storage.absolute().display());
     let shutdown = grpc_suite::server::shutdown_on_signals();
     file_service::serve(listener, storage, &config, shutdown).await

@@ -23,6 +23,14 @@ struct Args {
         value_parser = clap::value_parser!(u32).range(1..),
     )]
     max_query_limit: u32,
+    /// LogActivity then needs `authorization: Bearer <the token in this file>`; a missing
+    /// file is created with a new random token (mode 0600).
+    #[arg(long, env = "LOGGER_SERVICE_WRITE_TOKEN_FILE", value_name = "PATH")]
+    write_token_file: Option<PathBuf>,
+    /// QueryLogs and FollowLogs then need the token in this file (created like the write
+    /// token's when missing).
+    #[arg(long, env = "LOGGER_SERVICE_READ_TOKEN_FILE", value_name = "PATH")]
+    read_token_file: Option<PathBuf>,
 }
 
 const SERVICE: Service = Service {
@@ -44,6 +52,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         db_path: args.db,
         max_query_limit: args.max_query_limit,
         echo: true,
+        tokens: logger_service::tokens::Tokens {
+            write: load_token(args.write_token_file.as_deref())?,
+            read: load_token(args.read_token_file.as_deref())?,
+        },
     };
     let store = logger_service::open_store(&config)
         .with_context(|| format!("opening the database {}", config.db_path.display()))?;
@@ -52,6 +64,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("Logs stored in: {}", shown.display());
     let shutdown = grpc_suite::server::shutdown_on_signals();
     logger_service::serve(listener, store, &config, shutdown).await
+}
+
+fn load_token(path: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    path.map(logger_service::tokens::load_or_create).transpose()
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use grpc_suite::args::{ServerArgs, Service};
+use grpc_suite::args::{ServerArgs, Service, SessionArgs};
 
 /// Serves the random number service: streams of uniformly drawn numbers.
 #[derive(Debug, Parser)]
@@ -11,6 +11,8 @@ use grpc_suite::args::{ServerArgs, Service};
 struct Args {
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    sessions: SessionArgs,
     /// Most numbers one request may ask for.
     #[arg(long, env = "RANDOM_SERVICE_MAX_COUNT", default_value_t = random_service::DEFAULT_MAX_COUNT)]
     max_count: u32,
@@ -38,7 +40,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_count: args.max_count,
         max_delay_ms: args.max_delay_ms,
     };
-    let listener = args.server.bind_announced("Random Number Service").await?;
+    let guard = args.sessions.guard()?;
+    let listener = args
+        .server
+        .bind_announced("Random Number Service")
+        .await?
+        .with_session_guard(guard);
     let shutdown = grpc_suite::server::shutdown_on_signals();
     random_service::serve(listener, &config, shutdown).await
 }

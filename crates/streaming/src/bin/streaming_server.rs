@@ -5,7 +5,7 @@ use std::{num::NonZeroUsize, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser;
-use grpc_suite::args::{ServerArgs, Service};
+use grpc_suite::args::{ServerArgs, Service, SessionArgs};
 
 /// Serves the streaming service: a time stream, chunked uploads and a chat room.
 #[derive(Debug, Parser)]
@@ -13,6 +13,8 @@ use grpc_suite::args::{ServerArgs, Service};
 struct Args {
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    sessions: SessionArgs,
     /// Folder that receives uploaded files (created if missing).
     #[arg(long, env = "STREAMING_SERVICE_DIR", default_value = "streamed_files")]
     dir: PathBuf,
@@ -50,7 +52,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let storage = streaming_service::open_storage(&config)
         .with_context(|| format!("opening the upload folder {}", config.upload_dir.display()))?;
-    let listener = args.server.bind_announced("Streaming Service").await?;
+    let guard = args.sessions.guard()?;
+    let listener = args
+        .server
+        .bind_announced("Streaming Service")
+        .await?
+        .with_session_guard(guard);
     println!("Files will be stored in: {}", storage.absolute().display());
     let shutdown = grpc_suite::server::shutdown_on_signals();
     let service = streaming_service::StreamingService::new(storage, &config);
