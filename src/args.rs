@@ -13,8 +13,8 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser};
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 
+use crate::cli::Connection;
 use crate::server::Listener;
 use crate::session_guard::SessionGuard;
 use crate::tls::{ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
@@ -106,6 +106,16 @@ pub struct ClientArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long = "tls-key", id = "client_key", global = true, value_name = "PEM")]
     pub client_key: Option<PathBuf>,
+    /// Send this session (from `auth_client --print-session`) with every call, for servers
+    /// started with --auth-url.
+    #[arg(
+        long,
+        env = "SUITE_SESSION",
+        global = true,
+        value_name = "ID",
+        hide_env_values = true
+    )]
+    pub session: Option<String>,
 }
 
 /// Parses the process's arguments into `A`, with the shared flags' environment variables
@@ -218,8 +228,19 @@ impl ServerArgs {
 impl ClientArgs {
     /// Connects to `--server`, failing within a few seconds with one line naming the
     /// address when nothing answers there.
-    pub async fn connect(&self) -> anyhow::Result<Channel> {
-        crate::cli::connect_with(&self.server, &self.tls()?).await
+    /// The calls carry `--session` when given.
+    pub async fn connect(&self) -> anyhow::Result<Connection> {
+        let channel = crate::cli::connect_with(&self.server, &self.tls()?).await?;
+        match &self.session {
+            Some(session) => Connection::with_bearer(channel, session.trim()),
+            None => Ok(channel.into()),
+        }
+    }
+
+    /// Connects, presenting `token` (a logger token) instead of any session.
+    pub async fn connect_with_token(&self, token: &str) -> anyhow::Result<Connection> {
+        let channel = crate::cli::connect_with(&self.server, &self.tls()?).await?;
+        Connection::with_bearer(channel, token)
     }
 
     /// The TLS files given.

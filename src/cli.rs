@@ -88,6 +88,61 @@ fn connect_error(
     }
 }
 
+/// A connection to a server that adds this client's credential to every call:
+/// `authorization: Bearer <session id>` (`--session`, for servers started with
+/// `--auth-url`) or a logger token. Without one it is the plain channel. Client libraries
+/// take it wherever they took a `Channel`; a `Channel` converts into one.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    channel: Channel,
+    authorization: Option<http::HeaderValue>,
+}
+
+impl Connection {
+    /// A connection that presents `token` as `authorization: Bearer <token>` on every call.
+    pub fn with_bearer(channel: Channel, token: &str) -> anyhow::Result<Self> {
+        let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| anyhow::anyhow!("a session id or token must be printable ASCII"))?;
+        // Kept out of HPACK's table and of any debug output of the header map.
+        value.set_sensitive(true);
+        Ok(Self {
+            channel,
+            authorization: Some(value),
+        })
+    }
+}
+
+impl From<Channel> for Connection {
+    fn from(channel: Channel) -> Self {
+        Self {
+            channel,
+            authorization: None,
+        }
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Connection {
+    type Response = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Response;
+    type Error = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Error;
+    type Future = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.channel, context)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(value) = &self.authorization {
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, value.clone());
+        }
+        tower::Service::call(&mut self.channel, request)
+    }
+}
+
 /// The innermost cause, which for a refused connection is the OS's own words.
 pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = error;

@@ -4,19 +4,21 @@
 
 use std::{future::Future, io::Write};
 
-use grpc_suite::{auth as pb, cli::status_error};
+use grpc_suite::{
+    auth as pb,
+    cli::{Connection, status_error},
+};
 use pb::auth_service_client::AuthServiceClient;
-use tonic::transport::Channel;
 
 /// Logs in as `username`, waits for `stop`, logs out. A refused login is an error (exit 1).
 pub async fn run(
-    channel: Channel,
+    channel: impl Into<Connection>,
     username: String,
     password: String,
     stop: impl Future<Output = ()>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let mut client = AuthServiceClient::new(channel);
+    let mut client = AuthServiceClient::new(channel.into());
     let login = client
         .login(pb::LoginRequest { username, password })
         .await
@@ -46,4 +48,33 @@ pub async fn run(
     writeln!(out, "Logout: {}", logout.message)?;
     anyhow::ensure!(logout.success, "logout failed: {}", logout.message);
     Ok(())
+}
+
+/// Logs in and returns the session id, leaving the session live (`--print-session`: for
+/// scripts that hand it to other clients with `--session`).
+pub async fn login(
+    channel: impl Into<Connection>,
+    username: String,
+    password: String,
+) -> anyhow::Result<String> {
+    let mut client = AuthServiceClient::new(channel.into());
+    let login = client
+        .login(pb::LoginRequest { username, password })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    anyhow::ensure!(login.success, "login failed: {}", login.message);
+    Ok(login.session_id)
+}
+
+/// Ends session `session_id` (`--logout ID`); an unknown or expired one is an error.
+pub async fn logout(channel: impl Into<Connection>, session_id: String) -> anyhow::Result<String> {
+    let mut client = AuthServiceClient::new(channel.into());
+    let logout = client
+        .logout(pb::LogoutRequest { session_id })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    anyhow::ensure!(logout.success, "logout failed: {}", logout.message);
+    Ok(logout.message)
 }

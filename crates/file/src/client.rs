@@ -5,9 +5,11 @@
 use std::{io::Write, path::PathBuf};
 
 use anyhow::Context as _;
-use grpc_suite::{cli::status_error, file as pb};
+use grpc_suite::{
+    cli::{Connection, status_error},
+    file as pb,
+};
 use pb::file_service_client::FileServiceClient;
-use tonic::transport::Channel;
 
 /// The name the old demo greeted with.
 pub const DEMO_NAME: &str = "gRPC User";
@@ -43,10 +45,14 @@ pub enum Command {
 }
 
 /// Runs one command against a connected server, printing its result to `out`.
-pub async fn run(channel: Channel, command: Command, out: &mut impl Write) -> anyhow::Result<()> {
+pub async fn run(
+    channel: impl Into<Connection>,
+    command: Command,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     // Our own content limit is the server's to enforce; tonic's 4 MiB client default would
     // refuse larger files before the server could say what it accepts.
-    let mut client = FileServiceClient::new(channel).max_encoding_message_size(usize::MAX);
+    let mut client = FileServiceClient::new(channel.into()).max_encoding_message_size(usize::MAX);
     match command {
         Command::Hello { name } => writeln!(out, "{}", hello(&mut client, name).await?)?,
         Command::Goodbye { name } => {
@@ -88,7 +94,7 @@ pub async fn run(channel: Channel, command: Command, out: &mut impl Write) -> an
     Ok(())
 }
 
-async fn hello(client: &mut FileServiceClient<Channel>, name: String) -> anyhow::Result<String> {
+async fn hello(client: &mut FileServiceClient<Connection>, name: String) -> anyhow::Result<String> {
     let reply = client
         .say_hello(pb::HelloRequest { name })
         .await
@@ -96,7 +102,7 @@ async fn hello(client: &mut FileServiceClient<Channel>, name: String) -> anyhow:
     Ok(reply.into_inner().message)
 }
 
-async fn server_time(client: &mut FileServiceClient<Channel>) -> anyhow::Result<String> {
+async fn server_time(client: &mut FileServiceClient<Connection>) -> anyhow::Result<String> {
     let reply = client
         .get_server_time(pb::Empty {})
         .await
@@ -105,7 +111,7 @@ async fn server_time(client: &mut FileServiceClient<Channel>) -> anyhow::Result<
 }
 
 async fn write_file(
-    client: &mut FileServiceClient<Channel>,
+    client: &mut FileServiceClient<Connection>,
     filename: String,
     content: Vec<u8>,
 ) -> anyhow::Result<pb::FileResponse> {
@@ -126,7 +132,7 @@ async fn write_file(
     Ok(reply)
 }
 
-async fn list_files(client: &mut FileServiceClient<Channel>) -> anyhow::Result<Vec<String>> {
+async fn list_files(client: &mut FileServiceClient<Connection>) -> anyhow::Result<Vec<String>> {
     let reply = client
         .get_files_list(pb::Empty {})
         .await

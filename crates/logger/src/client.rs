@@ -4,9 +4,11 @@
 
 use std::io::Write;
 
-use grpc_suite::{cli::status_error, logger as pb};
+use grpc_suite::{
+    cli::{Connection, status_error},
+    logger as pb,
+};
 use pb::logger_service_client::LoggerServiceClient;
-use tonic::transport::Channel;
 
 use crate::{store::LogRow, table};
 
@@ -41,8 +43,12 @@ pub enum Command {
 }
 
 /// Runs one command against a connected server, printing its result to `out`.
-pub async fn run(channel: Channel, command: Command, out: &mut impl Write) -> anyhow::Result<()> {
-    let mut client = LoggerServiceClient::new(channel);
+pub async fn run(
+    channel: impl Into<Connection>,
+    command: Command,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut client = LoggerServiceClient::new(channel.into());
     match command {
         Command::Log {
             event_type,

@@ -7,9 +7,9 @@ use std::{
     io::{self, BufRead, Write},
 };
 
+use grpc_suite::cli::Connection;
 use grpc_suite::{cli::status_error, random as pb};
 use pb::random_number_service_client::RandomNumberServiceClient;
-use tonic::transport::Channel;
 
 /// The old script's prompts, in the order it asked them.
 pub const PROMPTS: [&str; 4] = [
@@ -197,13 +197,13 @@ pub struct Summary {
 /// stream ends or `interrupt` resolves; then the call is dropped, which cancels it on the
 /// server. A refusal, or an error part-way, is returned (rows already printed stay).
 pub async fn print_stream(
-    channel: Channel,
+    channel: impl Into<Connection>,
     request: pb::RandomNumberRequest,
     out: &mut impl Write,
     interrupt: impl Future<Output = ()>,
 ) -> anyhow::Result<Summary> {
     let table = Table::for_request(&request);
-    let mut client = RandomNumberServiceClient::new(channel);
+    let mut client = RandomNumberServiceClient::new(channel.into());
     let mut interrupt = std::pin::pin!(interrupt);
     let interrupted = |received| Summary {
         received,

@@ -14,12 +14,12 @@ use std::{
 };
 
 use anyhow::Context as _;
+use grpc_suite::cli::Connection;
 use grpc_suite::{cli::status_error, streaming as pb};
 use pb::streaming_service_client::StreamingServiceClient;
 use sha2::{Digest as _, Sha256};
 use tokio::{io::AsyncReadExt as _, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use crate::{CHUNK_SIZE, chat::SYSTEM_SENDER};
 
@@ -167,7 +167,7 @@ impl Interrupts {
 /// A connected client with its input, interrupts and output.
 #[derive(Debug)]
 pub struct Session<W> {
-    client: StreamingServiceClient<Channel>,
+    client: StreamingServiceClient<Connection>,
     input: Input,
     interrupts: Interrupts,
     out: W,
@@ -177,9 +177,14 @@ pub struct Session<W> {
 
 impl<W: Write> Session<W> {
     /// A session over a connected channel.
-    pub fn new(channel: Channel, input: Input, interrupts: Interrupts, out: W) -> Self {
+    pub fn new(
+        channel: impl Into<Connection>,
+        input: Input,
+        interrupts: Interrupts,
+        out: W,
+    ) -> Self {
         Self {
-            client: StreamingServiceClient::new(channel),
+            client: StreamingServiceClient::new(channel.into()),
             input,
             interrupts,
             out,

@@ -26,6 +26,13 @@ struct Args {
     /// Ask for the password: without echo in a terminal, else one line from standard input.
     #[arg(long, conflicts_with = "password")]
     prompt_password: bool,
+    /// Log in, print only the session id on stdout and exit, leaving the session live (for
+    /// `--session` / SUITE_SESSION of the other clients).
+    #[arg(long, conflicts_with_all = ["logout", "logout_after"])]
+    print_session: bool,
+    /// End session ID and exit (no login).
+    #[arg(long, value_name = "ID", conflicts_with = "logout_after")]
+    logout: Option<String>,
     /// Log out after this many seconds instead of waiting for a signal (for scripts).
     #[arg(long, value_name = "SECONDS")]
     logout_after: Option<u64>,
@@ -43,12 +50,23 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(session_id) = args.logout {
+        let channel = args.connection.connect().await?;
+        let message = auth_service::client::logout(channel, session_id).await?;
+        println!("Logout: {message}");
+        return Ok(());
+    }
     let password = if args.prompt_password {
         read_password()?
     } else {
         args.password
     };
     let channel = args.connection.connect().await?;
+    if args.print_session {
+        let session_id = auth_service::client::login(channel, args.username, password).await?;
+        println!("{session_id}");
+        return Ok(());
+    }
     let stop = async move {
         match args.logout_after {
             Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds)).await,

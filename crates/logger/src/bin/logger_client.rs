@@ -12,6 +12,15 @@ use logger_service::client::Command;
 struct Args {
     #[command(flatten)]
     connection: ClientArgs,
+    /// Present the token in this file (a logger started with --write-token-file or
+    /// --read-token-file needs it).
+    #[arg(
+        long,
+        env = "LOGGER_SERVICE_TOKEN_FILE",
+        global = true,
+        value_name = "PATH"
+    )]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Subcommand,
 }
@@ -99,7 +108,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let channel = args.connection.connect().await?;
+    let channel = match &args.token_file {
+        Some(path) => {
+            let token = grpc_suite::cli::read_token_file(path)?;
+            args.connection.connect_with_token(&token).await?
+        }
+        None => args.connection.connect().await?,
+    };
     let command = Command::from(args.command);
     logger_service::client::run(channel, command, &mut std::io::stdout().lock()).await
 }
