@@ -308,10 +308,14 @@ pub async fn probe_channel(
         .connect_with_connector(connect)
         .await
         .map_err(|error| {
-            anyhow::anyhow!(
-                "cannot reach the server at {address} over TLS: {}",
-                crate::cli::root_cause(&error)
-            )
+            let cause = crate::cli::root_cause(&error);
+            if crate::cli::answers_in_plaintext(&cause) {
+                anyhow::anyhow!(
+                    "the server at {address} does not speak TLS ({cause}); probe it without --tls-cert and --tls-key"
+                )
+            } else {
+                anyhow::anyhow!("cannot reach the server at {address} over TLS: {cause}")
+            }
         })
 }
 
