@@ -357,7 +357,7 @@ fn assert_refused_by_transport(status: &tonic::Status, case: &str, reasons: &[&s
 /// certificate and one with a certificate from another CA are refused before any answer,
 /// each with its cause; a correct client is answered after each of them.
 #[tokio::test]
-async fn refused_handshakes_are_unavailable_and_leave_the_server_serving() {
+async fn refused_handshakes_fail_in_the_transport_and_leave_the_server_serving() {
     let certs = Certs::new();
     certs.add_other_ca();
     let dir = tempfile::tempdir().expect("temp folder");
