@@ -24,7 +24,8 @@ pub mod upload;
 use std::{num::NonZeroUsize, path::PathBuf};
 
 use grpc_suite::{
-    server::GrpcServer, server::Listener, storage::StorageDir,
+    server::Listener,
+    server::GrpcServer, storage::StorageDir,
     streaming::streaming_service_server::StreamingServiceServer,
 };
 use tokio_util::sync::CancellationToken;
