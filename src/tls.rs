@@ -230,7 +230,10 @@ fn describe_pem_error(error: &rustls::pki_types::pem::Error) -> String {
 fn check_validity(chain: &[CertificateDer<'_>], path: &Path) -> anyhow::Result<()> {
     for der in chain {
         let (_, certificate) = x509_parser::parse_x509_certificate(der).map_err(|error| {
-            anyhow::anyhow!("{} holds an unreadable certificate: {error}", path.display())
+            anyhow::anyhow!(
+                "{} holds an unreadable certificate: {error}",
+                path.display()
+            )
         })?;
         let validity = certificate.validity();
         let now = x509_parser::time::ASN1Time::now();
