@@ -79,6 +79,10 @@ fn connect_error(
             "cannot verify the server at {url}: its certificate for {host:?} is not trusted by {} ({cause})",
             tls.trusted()
         )
+    } else if answers_in_plaintext(&cause) {
+        anyhow::anyhow!(
+            "the server at {url} does not speak TLS ({cause}); connect with an http:// URL and no TLS files"
+        )
     } else if cause.contains("alert") {
         anyhow::anyhow!(
             "the server at {url} refused the TLS handshake (does it require a client certificate? --tls-cert, --tls-key): {cause}"
@@ -141,6 +145,12 @@ impl tower::Service<http::Request<tonic::body::Body>> for Connection {
         }
         tower::Service::call(&mut self.channel, request)
     }
+}
+
+/// True when a TLS handshake's cause says the peer answered with something other than TLS
+/// records: a plaintext server on the port.
+pub(crate) fn answers_in_plaintext(cause: &str) -> bool {
+    cause.contains("InvalidContentType")
 }
 
 /// The innermost cause, which for a refused connection is the OS's own words.

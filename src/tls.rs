@@ -164,8 +164,13 @@ fn load_identity(cert: &Path, key: &Path) -> anyhow::Result<Identity> {
     let chain = certificates(&cert_pem, cert)?;
     check_validity(&chain, cert)?;
     let key_pem = read(key, "TLS key")?;
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|error| anyhow::anyhow!("no usable private key in {}: {error}", key.display()))?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| {
+        anyhow::anyhow!(
+            "no usable private key in {}: {}",
+            key.display(),
+            describe_pem_error(&error)
+        )
+    })?;
     let provider = rustls::crypto::ring::default_provider();
     rustls::sign::CertifiedKey::from_der(chain, key_der, &provider).map_err(|error| {
         anyhow::anyhow!(
@@ -186,9 +191,38 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
 fn certificates(pem: &[u8], path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let chain: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
-        .map_err(|error| anyhow::anyhow!("{} is not PEM certificates: {error}", path.display()))?;
-    anyhow::ensure!(!chain.is_empty(), "no certificate in {}", path.display());
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "{} is not a readable PEM certificate file: {}",
+                path.display(),
+                describe_pem_error(&error)
+            )
+        })?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "no certificate in {} (expected PEM: -----BEGIN CERTIFICATE-----)",
+        path.display()
+    );
     Ok(chain)
+}
+
+/// A PEM parse error in words: the parser's own `Display` prints the offending marker or
+/// line as a list of byte values, which no one reading an error line can act on.
+fn describe_pem_error(error: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match error {
+        Error::MissingSectionEnd { end_marker } => {
+            // The marker is the section's label, e.g. `CERTIFICATE`.
+            let label = String::from_utf8_lossy(end_marker);
+            format!("no \"-----END {label}-----\" line (is the file cut short?)")
+        }
+        Error::IllegalSectionStart { line } => format!(
+            "malformed section start {:?}",
+            String::from_utf8_lossy(line)
+        ),
+        Error::NoItemsFound => "no PEM block of the expected kind (-----BEGIN ...-----)".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 /// Refuses a chain with a certificate past its end or before its start: served, it would
@@ -243,8 +277,14 @@ pub async fn probe_channel(
         .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)));
     let mut config = if server.client_ca.is_some() {
         let chain = certificates(&read(&server.cert, "TLS certificate")?, &server.cert)?;
-        let key = PrivateKeyDer::from_pem_slice(&read(&server.key, "TLS key")?)
-            .map_err(|error| anyhow::anyhow!("no usable private key: {error}"))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&read(&server.key, "TLS key")?).map_err(|error| {
+                anyhow::anyhow!(
+                    "no usable private key in {}: {}",
+                    server.key.display(),
+                    describe_pem_error(&error)
+                )
+            })?;
         builder
             .with_client_auth_cert(chain, key)
             .context("presenting the server's certificate")?
@@ -268,10 +308,14 @@ pub async fn probe_channel(
         .connect_with_connector(connect)
         .await
         .map_err(|error| {
-            anyhow::anyhow!(
-                "cannot reach the server at {address} over TLS: {}",
-                crate::cli::root_cause(&error)
-            )
+            let cause = crate::cli::root_cause(&error);
+            if crate::cli::answers_in_plaintext(&cause) {
+                anyhow::anyhow!(
+                    "the server at {address} does not speak TLS ({cause}); probe it without --tls-cert and --tls-key"
+                )
+            } else {
+                anyhow::anyhow!("cannot reach the server at {address} over TLS: {cause}")
+            }
         })
 }
 
