@@ -8,6 +8,8 @@
 //! `cargo build --workspace --bins` first (see [`binary`]). Everything listens on
 //! `127.0.0.1` with ports from the OS, and every wait is bounded by [`TIMEOUT`].
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test helpers fail the test on the spot.
+
 use std::{
     path::{Path, PathBuf},
     process::Output,
