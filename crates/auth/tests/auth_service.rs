@@ -758,3 +758,136 @@ async fn logger_write_token_admits_only_auth() {
         "auth's events once each, and nothing forged"
     );
 }
+
+/// Runs a client binary with `args`, bounded in time; (exit code, stdout, stderr).
+fn run_client(binary: &str, args: &[&str]) -> (i32, String, String) {
+    let output = assert_cmd::Command::new(cargo_bin(binary))
+        .args(args)
+        .env_remove("SUITE_SESSION")
+        .timeout(TIMEOUT)
+        .output()
+        .expect("client ran");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The README's shell flow, through the binaries users run: `auth_client --print-session`,
+/// each guarded server's client with `--session` (and refused without), `auth_client
+/// --logout ID`, and the next call refused once the guard's cache has let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_flow_through_the_binaries() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let (_silent, logger_url) = silent_url().await;
+    let auth = start_auth(folder.path(), logger_url, demo(), Duration::from_secs(600)).await;
+    let auth_url = auth.url();
+    let files = folder.path().join("files");
+    let streamed = folder.path().join("streamed");
+    let files = files.to_str().expect("utf-8");
+    let streamed = streamed.to_str().expect("utf-8");
+    let servers = [
+        ("file_server", vec!["--dir", files]),
+        ("random_server", vec![]),
+        ("streaming_server", vec!["--dir", streamed]),
+    ]
+    .map(|(binary, extra)| {
+        let mut args = vec!["--auth-url", auth_url.as_str()];
+        args.extend(extra);
+        testkit::ServerProcess::start(cargo_bin(binary), &args).expect("server starts")
+    });
+    let [file, random, streaming] = &servers;
+    let calls = [
+        ("file_client", file.url(), vec!["hello", "Ada"]),
+        (
+            "random_client",
+            random.url(),
+            vec!["--min", "1", "--max", "6", "--count", "2", "--delay", "0"],
+        ),
+        (
+            "streaming_client",
+            streaming.url(),
+            vec!["time", "--count", "1"],
+        ),
+    ];
+
+    let (code, session, stderr) = tokio::task::spawn_blocking({
+        let auth_url = auth_url.clone();
+        move || run_client("auth_client", &["--server", &auth_url, "--print-session"])
+    })
+    .await
+    .expect("joined");
+    assert_eq!(code, 0, "{stderr}");
+    let session = session.trim().to_owned();
+    uuid::Uuid::parse_str(&session).expect("only the session id on stdout");
+
+    let calls_with = |session: Option<String>| {
+        let calls = calls.clone();
+        tokio::task::spawn_blocking(move || {
+            calls
+                .iter()
+                .map(|(binary, url, args)| {
+                    let mut all = vec!["--server", url.as_str()];
+                    if let Some(session) = &session {
+                        all.extend(["--session", session.as_str()]);
+                    }
+                    all.extend(args.iter().copied());
+                    (binary.to_string(), run_client(binary, &all))
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    for (binary, (code, _, stderr)) in calls_with(None).await.expect("joined") {
+        assert_eq!(code, 1, "{binary} without a session");
+        assert_eq!(stderr.lines().count(), 1, "{binary}: one line: {stderr}");
+        assert!(stderr.contains("UNAUTHENTICATED"), "{binary}: {stderr}");
+    }
+    for (binary, (code, stdout, stderr)) in calls_with(Some(session.clone())).await.expect("joined")
+    {
+        assert_eq!(code, 0, "{binary} with a live session: {stderr}");
+        assert!(!stdout.is_empty(), "{binary} printed its answer");
+    }
+
+    let (code, stdout, stderr) = tokio::task::spawn_blocking({
+        let (auth_url, session) = (auth_url.clone(), session.clone());
+        move || {
+            run_client(
+                "auth_client",
+                &["--server", &auth_url, "--logout", &session],
+            )
+        }
+    })
+    .await
+    .expect("joined");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), "Logout: Logout successful");
+    // The bound the README states: a logout takes effect everywhere within the cache's life.
+    tokio::time::sleep(grpc_suite::session_guard::CACHE_TTL + Duration::from_millis(200)).await;
+    for (binary, (code, _, stderr)) in calls_with(Some(session)).await.expect("joined") {
+        assert_eq!(code, 1, "{binary} after logout");
+        assert!(stderr.contains("UNAUTHENTICATED"), "{binary}: {stderr}");
+    }
+}
+
+/// A Python grpcio client sends the session as metadata and is served; without it, or
+/// after logout, it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_sends_the_session() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let (_silent, logger_url) = silent_url().await;
+    let auth = start_auth(folder.path(), logger_url, demo(), Duration::from_secs(600)).await;
+    let guarded = start_guarded_file_service(folder.path(), &auth.url()).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/guarded_client.py");
+    let (auth_target, file_target) = (auth.addr.to_string(), guarded.addr.to_string());
+    let cache = format!(
+        "{:.1}",
+        grpc_suite::session_guard::CACHE_TTL.as_secs_f64() + 0.2
+    );
+    tokio::task::spawn_blocking(move || {
+        testkit::run_python(&script, &[&auth_target, &file_target, &cache])
+    })
+    .await
+    .expect("task")
+    .expect("python client passes");
+}
