@@ -113,6 +113,15 @@ wait_events SESSION_STARTED 1
 wait_events SESSION_TERMINATED 1
 ok "auth: login and logout recorded in logs_data/logs.db"
 
+step "the audit log trusts only its writers"
+if $bin/logger_client --server "$(url "$LOGGER_SERVICE_PORT")" log --type SESSION_STARTED \
+  --details "User 'mallory' logged in" >/dev/null 2>"$work/forge.err"; then
+  fail "an anonymous LogActivity was stored"
+fi
+grep -q UNAUTHENTICATED "$work/forge.err" || fail "anonymous write: $(cat "$work/forge.err")"
+[ "$(count_events SESSION_STARTED)" = 1 ] || fail "a forged row was stored"
+ok "logger: an anonymous LogActivity is refused, auth's own events landed"
+
 step "logger outage"
 compose stop logger-service >/dev/null 2>&1
 login_logout
