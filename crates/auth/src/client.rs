@@ -19,12 +19,7 @@ pub async fn run(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let mut client = AuthServiceClient::new(channel.into());
-    let login = client
-        .login(pb::LoginRequest { username, password })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    anyhow::ensure!(login.success, "login failed: {}", login.message);
+    let login = log_in(&mut client, username, password).await?;
     writeln!(
         out,
         "Login: {} (Session ID: {})",
@@ -58,13 +53,22 @@ pub async fn login(
     password: String,
 ) -> anyhow::Result<String> {
     let mut client = AuthServiceClient::new(channel.into());
+    Ok(log_in(&mut client, username, password).await?.session_id)
+}
+
+/// One login; a refusal is an error naming the server's reason.
+async fn log_in(
+    client: &mut AuthServiceClient<Connection>,
+    username: String,
+    password: String,
+) -> anyhow::Result<pb::AuthResponse> {
     let login = client
         .login(pb::LoginRequest { username, password })
         .await
         .map_err(status_error)?
         .into_inner();
     anyhow::ensure!(login.success, "login failed: {}", login.message);
-    Ok(login.session_id)
+    Ok(login)
 }
 
 /// Ends session `session_id` (`--logout ID`); an unknown or expired one is an error.

@@ -116,6 +116,20 @@ async fn wait_for_logs(logger: &InProcessServer, count: usize) -> Vec<log_pb::Lo
     }
 }
 
+/// The two rows one login and logout of user1 leave, as [`kinds_and_details`] lists them.
+fn session_rows(session_id: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            "SESSION_STARTED".to_owned(),
+            "User 'user1' logged in".to_owned(),
+        ),
+        (
+            "SESSION_TERMINATED".to_owned(),
+            format!("Session {session_id} (user1) ended"),
+        ),
+    ]
+}
+
 fn kinds_and_details(logs: &[log_pb::LogEntry]) -> Vec<(String, String)> {
     logs.iter()
         .map(|entry| (entry.event_type.clone(), entry.details.clone()))
@@ -142,16 +156,7 @@ async fn login_logout_reaches_the_logger_in_order() {
     let logs = wait_for_logs(&logger, 2).await;
     assert_eq!(
         kinds_and_details(&logs),
-        [
-            (
-                "SESSION_STARTED".to_owned(),
-                "User 'user1' logged in".to_owned()
-            ),
-            (
-                "SESSION_TERMINATED".to_owned(),
-                format!("Session {session_id} (user1) ended")
-            ),
-        ]
+        session_rows(&session_id.to_string())
     );
     auth.stop().await.expect("auth stops cleanly");
     logger.stop().await.expect("logger stops cleanly");
@@ -745,16 +750,7 @@ async fn logger_write_token_admits_only_auth() {
     let logs = wait_for_logs(&logger, 2).await;
     assert_eq!(
         kinds_and_details(&logs),
-        [
-            (
-                "SESSION_STARTED".to_owned(),
-                "User 'user1' logged in".to_owned()
-            ),
-            (
-                "SESSION_TERMINATED".to_owned(),
-                format!("Session {session} (user1) ended")
-            ),
-        ],
+        session_rows(&session),
         "auth's events once each, and nothing forged"
     );
 }
