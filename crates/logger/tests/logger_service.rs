@@ -823,3 +823,75 @@ fn python_client_logs_and_queries() {
     let target = format!("127.0.0.1:{}", server.port);
     testkit::run_python(&script, &[&target]).expect("python client passes");
 }
+
+// ---- Hostile and broken callers (issue 13) ----
+
+/// 100 followers that never read cost the logger a bounded amount of memory (each one's
+/// queue is bounded in bytes, not only in rows), and the memory goes back once they leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_followers_cost_bounded_memory() {
+    const FOLLOWERS: usize = 100;
+    const ROWS: usize = 200;
+    // Before the byte bound, each stuck follower held 64 rows of 60 KiB (~4 MiB): ~400 MiB.
+    const PEAK_BOUND_KIB: u64 = 160 * 1024;
+    const AFTER_BOUND_KIB: u64 = 48 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("logs.db");
+    let server = testkit::Launch::new(cargo_bin("logger_server"))
+        .args(["--addr", "127.0.0.1:0", "--db", db.to_str().expect("utf-8")])
+        .env("RUST_LOG", "warn")
+        .discard_stdout()
+        .start()
+        .expect("server starts");
+    let channel = grpc_suite::cli::connect(&server.url())
+        .await
+        .expect("connect");
+    let mut writer = LoggerServiceClient::new(channel.clone());
+    log(&mut writer, event("WARMUP", "x")).await;
+    let idle = server.memory().expect("memory");
+
+    let mut followers = Vec::new();
+    for _ in 0..FOLLOWERS {
+        // Each on its own connection, as separate stuck clients would be.
+        let channel = grpc_suite::cli::connect(&server.url())
+            .await
+            .expect("connect");
+        let mut client = LoggerServiceClient::new(channel);
+        let request = pb::LogFollowRequest {
+            backlog: 0,
+            event_type: String::new(),
+        };
+        let stream = tokio::time::timeout(TIMEOUT, client.follow_logs(request))
+            .await
+            .expect("in time")
+            .expect("following");
+        // Held, never read.
+        followers.push((client, stream));
+    }
+    let details = "d".repeat(60 * 1024);
+    for _ in 0..ROWS {
+        log(&mut writer, event("BIG", &details)).await;
+    }
+    // Let the followers' producers fill whatever they are allowed to hold.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let loaded = server.memory().expect("memory");
+    drop(followers);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = server.memory().expect("memory");
+    eprintln!(
+        "logger RSS: idle {} KiB, peak {} KiB, after {} KiB",
+        idle.rss_kib, loaded.peak_kib, after.rss_kib
+    );
+    assert!(
+        loaded.peak_kib < idle.rss_kib + PEAK_BOUND_KIB,
+        "peak {} KiB with {FOLLOWERS} stuck followers (idle {} KiB)",
+        loaded.peak_kib,
+        idle.rss_kib
+    );
+    assert!(
+        after.rss_kib < idle.rss_kib + AFTER_BOUND_KIB,
+        "{} KiB a few seconds after the followers left (idle {} KiB)",
+        after.rss_kib,
+        idle.rss_kib
+    );
+}
