@@ -8,14 +8,14 @@
 //!
 //! Libraries never see these types: a binary turns them into the library's plain `Config`.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser};
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
 
-use crate::server::Listener;
+use crate::server::{self, ConnectionLimits, Listener};
 use crate::tls::{ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
 
 /// What the shared flags need to know about the service a binary belongs to.
@@ -46,6 +46,27 @@ pub struct ServerArgs {
     /// Also require client certificates signed by this CA (mutual TLS); needs --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Close a connection that has not sent the HTTP/2 preface within this many seconds.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds,
+        default_value = seconds_text(server::DEFAULT_HANDSHAKE_TIMEOUT))]
+    pub handshake_timeout: Duration,
+    /// Send an HTTP/2 PING to each peer this often (seconds; 0 sends none), so a peer that
+    /// vanished is dropped within --keepalive-interval + --keepalive-timeout.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds,
+        default_value = seconds_text(server::DEFAULT_KEEPALIVE_INTERVAL))]
+    pub keepalive_interval: Duration,
+    /// Close a connection whose peer has not answered a PING within this many seconds.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds,
+        default_value = seconds_text(server::DEFAULT_KEEPALIVE_TIMEOUT))]
+    pub keepalive_timeout: Duration,
+    /// Serve at most this many connections at once; further ones are closed on accept.
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Let one connection run at most this many calls at once.
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
 }
 
 /// Flags every client takes to reach its server. `--server` may stand before or after a
@@ -93,6 +114,11 @@ pub fn command<A: CommandFactory>(service: Service) -> clap::Command {
         ("tls_cert", "TLS_CERT"),
         ("tls_key", "TLS_KEY"),
         ("tls_client_ca", "TLS_CLIENT_CA"),
+        ("handshake_timeout", "HANDSHAKE_TIMEOUT"),
+        ("keepalive_interval", "KEEPALIVE_INTERVAL"),
+        ("keepalive_timeout", "KEEPALIVE_TIMEOUT"),
+        ("max_connections", "MAX_CONNECTIONS"),
+        ("max_streams_per_connection", "MAX_STREAMS_PER_CONNECTION"),
         ("server", "URL"),
         ("ca_cert", "CA_CERT"),
         ("client_cert", "CLIENT_CERT"),
@@ -157,6 +183,18 @@ impl ServerArgs {
         self.tls_files().map(|files| files.load()).transpose()
     }
 
+    /// The per-connection limits the flags ask for.
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            handshake_timeout: self.handshake_timeout,
+            keepalive_interval: Some(self.keepalive_interval)
+                .filter(|interval| !interval.is_zero()),
+            keepalive_timeout: self.keepalive_timeout,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_streams_per_connection: self.max_streams_per_connection,
+        }
+    }
+
     /// Loads the TLS files, if any, then binds `--addr` and prints the startup line the old
     /// scripts printed, `<title> started on port <port>` (the real port, so
     /// `--addr 127.0.0.1:0` reports the one the OS picked; tests read it).
@@ -170,7 +208,7 @@ impl ServerArgs {
             .context("reading the bound address")?
             .port();
         println!("{title} started on port {port}");
-        Ok(Listener::with_tls(listener, tls))
+        Ok(Listener::with_tls(listener, tls).with_limits(self.limits()))
     }
 }
 
@@ -194,6 +232,20 @@ impl ClientArgs {
     pub fn tls(&self) -> anyhow::Result<ClientTls> {
         self.tls_files().load()
     }
+}
+
+/// Parses a number of seconds, fractions allowed (`0.5`), into a duration.
+pub fn seconds(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|value| Duration::try_from_secs_f64(value).ok())
+        .ok_or_else(|| format!("{text:?} is not a number of seconds (e.g. 5 or 0.5)"))
+}
+
+/// A duration as [`seconds`] reads it, for a flag's default.
+fn seconds_text(duration: Duration) -> clap::builder::OsStr {
+    clap::builder::OsStr::from(duration.as_secs_f64().to_string())
 }
 
 /// The first address `host:port` resolves to.
@@ -314,6 +366,11 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            handshake_timeout: Duration::from_secs(1),
+            keepalive_interval: Duration::ZERO,
+            keepalive_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            max_streams_per_connection: 1,
         };
         let listener = args.bind_announced("Test Service").await.expect("binds");
         assert!(listener.local_addr().expect("address").ip().is_loopback());

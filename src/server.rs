@@ -34,19 +34,73 @@ const STOP_BOUND: Duration = Duration::from_secs(2);
 /// The health service's name, as reflection lists it.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
-/// Where a server listens: a bound socket, and the TLS it serves with, if any. A plain
-/// `TcpListener` converts into one without TLS, so tests and plaintext servers pass the
-/// socket as it is.
+/// What a server grants one peer, so that callers that are broken or hostile cost bounded
+/// resources: idle sockets, vanished peers and connection floods are all cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A connection that has not sent the HTTP/2 preface within this long is closed: a
+    /// socket that never speaks would otherwise hold a file handle for ever.
+    pub handshake_timeout: Duration,
+    /// How often an HTTP/2 PING goes to a peer, so that one that vanished without a FIN
+    /// (cable pulled, process frozen) is noticed; `None` sends none.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Connections served at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// Concurrent streams (calls) one connection may open; HTTP/2 refuses the rest.
+    pub max_streams_per_connection: u32,
+}
+
+/// [`ConnectionLimits::handshake_timeout`] by default.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// [`ConnectionLimits::keepalive_interval`] by default: well under the idle timeouts of
+/// common NATs and load balancers (60 s and more), rare enough to cost nothing.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// [`ConnectionLimits::keepalive_timeout`] by default.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// [`ConnectionLimits::max_connections`] by default: far above the suite's own use, and
+/// below the common limit of 1024 open files, so the cap is met before the OS refuses.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1000;
+/// [`ConnectionLimits::max_streams_per_connection`] by default.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS as usize,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        }
+    }
+}
+
+/// Where a server listens: a bound socket, the TLS it serves with, if any, and what it
+/// grants each connection. A plain `TcpListener` converts into one without TLS and with
+/// the default limits, so tests and plaintext servers pass the socket as it is.
 #[derive(Debug)]
 pub struct Listener {
     tcp: TcpListener,
     tls: Option<ServerTls>,
+    limits: ConnectionLimits,
 }
 
 impl Listener {
     /// A bound socket that serves TLS (mutual TLS when `tls` names a client CA).
     pub fn with_tls(tcp: TcpListener, tls: Option<ServerTls>) -> Self {
-        Self { tcp, tls }
+        Self {
+            tcp,
+            tls,
+            limits: ConnectionLimits::default(),
+        }
+    }
+
+    /// The same listener, granting connections `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The bound address.
@@ -57,7 +111,7 @@ impl Listener {
 
 impl From<TcpListener> for Listener {
     fn from(tcp: TcpListener) -> Self {
-        Self { tcp, tls: None }
+        Self::with_tls(tcp, None)
     }
 }
 
@@ -145,7 +199,11 @@ impl GrpcServer {
         listener: impl Into<Listener>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let Listener { tcp: listener, tls } = listener.into();
+        let Listener {
+            tcp: listener,
+            tls,
+            limits,
+        } = listener.into();
         let local_addr = listener
             .local_addr()
             .context("reading the listener's address")?;
@@ -200,12 +258,30 @@ impl GrpcServer {
 
         // Each accepted socket is registered, so that the grace period can end it: tonic's
         // per-connection tasks cannot be reached any other way.
-        let connections = connections::Connections::default();
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).map({
-            let connections = connections.clone();
-            move |accepted| accepted.map(|stream| connections.track(stream))
-        });
-        let mut builder = tonic::transport::Server::builder();
+        let connections = connections::Connections::new(limits.handshake_timeout);
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .filter_map({
+                let connections = connections.clone();
+                let max_connections = limits.max_connections;
+                move |accepted| match accepted {
+                    // Past the cap the socket is closed at once (the peer sees its connection
+                    // end before any HTTP/2), which costs less than serving it to refuse calls.
+                    Ok(stream) if connections.live() >= max_connections => {
+                        tracing::warn!(
+                            max_connections,
+                            peer = ?stream.peer_addr().ok(),
+                            "connection refused: too many open connections"
+                        );
+                        None
+                    }
+                    accepted => Some(accepted.map(|stream| connections.track(stream))),
+                }
+            });
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(limits.keepalive_interval)
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .max_concurrent_streams(limits.max_streams_per_connection);
         if let Some(tls) = &tls {
             // The handshake runs on the connection's own task, bounded by the TLS config's
             // timeout, so a peer that never finishes it cannot hold up accepting others.
@@ -525,6 +601,145 @@ mod tests {
             "serve returned before the task ended"
         );
         assert!(tasks.is_empty());
+    }
+
+    /// Starts an empty server with `limits`; returns its address and shutdown token.
+    async fn start_limited(limits: ConnectionLimits) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(GrpcServer::new().grace_period(SHORT_GRACE).serve(
+            Listener::from(listener).with_limits(limits),
+            shutdown.clone(),
+        ));
+        (addr, shutdown)
+    }
+
+    /// Reads (and drops) whatever the server sends until it closes the connection; returns
+    /// how long that took.
+    async fn time_until_closed(client: &mut TcpStream) -> Duration {
+        let started = Instant::now();
+        let mut buffer = [0_u8; 1024];
+        loop {
+            match client.read(&mut buffer).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// A socket that never sends the HTTP/2 preface is closed once the handshake timeout is
+    /// over, not kept for ever.
+    #[tokio::test]
+    async fn silent_socket_is_closed_after_the_handshake_timeout() {
+        let limits = ConnectionLimits {
+            handshake_timeout: Duration::from_millis(300),
+            ..ConnectionLimits::default()
+        };
+        let (addr, shutdown) = start_limited(limits).await;
+        let mut client = TcpStream::connect(addr).await.expect("connected");
+        let took = timeout(TEST_TIMEOUT, time_until_closed(&mut client))
+            .await
+            .expect("the silent socket was never closed");
+        assert!(
+            took >= Duration::from_millis(250),
+            "closed too early: {took:?}"
+        );
+        assert!(took < Duration::from_secs(5), "closed late: {took:?}");
+        shutdown.cancel();
+    }
+
+    /// A peer that completed the handshake but answers no PING (a frozen process, a pulled
+    /// cable) is disconnected within keepalive interval + timeout.
+    #[tokio::test]
+    async fn unresponsive_peer_is_dropped_by_keepalive() {
+        let limits = ConnectionLimits {
+            keepalive_interval: Some(Duration::from_millis(200)),
+            keepalive_timeout: Duration::from_millis(200),
+            ..ConnectionLimits::default()
+        };
+        let (addr, shutdown) = start_limited(limits).await;
+        let mut client = TcpStream::connect(addr).await.expect("connected");
+        client
+            .write_all(CLIENT_PREFACE)
+            .await
+            .expect("preface sent");
+        timeout(TEST_TIMEOUT, read_until_settings_ack(&mut client))
+            .await
+            .expect("handshake in time");
+        let took = timeout(TEST_TIMEOUT, time_until_closed(&mut client))
+            .await
+            .expect("the unresponsive peer was never dropped");
+        assert!(took < Duration::from_secs(5), "dropped late: {took:?}");
+        shutdown.cancel();
+    }
+
+    /// Past the connection cap a new connection is closed at once, while the ones within
+    /// it are served; once one leaves, a new one is served again.
+    #[tokio::test]
+    async fn connections_past_the_cap_are_refused() {
+        let limits = ConnectionLimits {
+            max_connections: 2,
+            ..ConnectionLimits::default()
+        };
+        let (addr, shutdown) = start_limited(limits).await;
+        let mut served = Vec::new();
+        for _ in 0..2 {
+            let mut client = TcpStream::connect(addr).await.expect("connected");
+            client
+                .write_all(CLIENT_PREFACE)
+                .await
+                .expect("preface sent");
+            timeout(TEST_TIMEOUT, read_until_settings_ack(&mut client))
+                .await
+                .expect("served within the cap");
+            served.push(client);
+        }
+        let mut extra = TcpStream::connect(addr).await.expect("the OS accepts");
+        let took = timeout(TEST_TIMEOUT, time_until_closed(&mut extra))
+            .await
+            .expect("the connection past the cap stayed open");
+        assert!(took < Duration::from_secs(2), "refused late: {took:?}");
+
+        drop(served.pop());
+        // The server notices the close at its next read; give it a moment.
+        let mut again = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut client = TcpStream::connect(addr).await.expect("connected");
+            if client.write_all(CLIENT_PREFACE).await.is_ok()
+                && timeout(
+                    Duration::from_millis(500),
+                    read_until_settings_ack_or_end(&mut client),
+                )
+                .await
+                .unwrap_or(false)
+            {
+                again = Some(client);
+                break;
+            }
+        }
+        assert!(again.is_some(), "no connection served after one left");
+        shutdown.cancel();
+    }
+
+    /// Like [`read_until_settings_ack`], but false instead of a panic when the connection ends.
+    async fn read_until_settings_ack_or_end(client: &mut TcpStream) -> bool {
+        loop {
+            let mut header = [0_u8; 9];
+            if client.read_exact(&mut header).await.is_err() {
+                return false;
+            }
+            let length =
+                usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let mut payload = vec![0_u8; length];
+            if client.read_exact(&mut payload).await.is_err() {
+                return false;
+            }
+            if header[3] == 0x4 && header[4] & 0x1 == 0x1 {
+                return true;
+            }
+        }
     }
 
     /// tonic's wording yields both sizes, so the relabelled message can name the limit.
