@@ -31,6 +31,12 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(8);
 /// logged, naming what is left.
 const STOP_BOUND: Duration = Duration::from_secs(2);
 
+/// The compression every server accepts on requests and uses for answers to clients that
+/// ask for it (`grpc-accept-encoding`): grpcio clients may send gzip, and tonic refuses a
+/// compressed request with UNIMPLEMENTED unless the generated server enables it:
+/// `XServer::new(service).accept_compressed(GZIP).send_compressed(GZIP)`.
+pub const GZIP: tonic::codec::CompressionEncoding = tonic::codec::CompressionEncoding::Gzip;
+
 /// The health service's name, as reflection lists it.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 

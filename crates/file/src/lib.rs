@@ -12,8 +12,8 @@ mod service;
 use std::path::PathBuf;
 
 use grpc_suite::{
-    file::file_service_server::FileServiceServer, server::GrpcServer, server::Listener,
-    storage::StorageDir,
+    file::file_service_server::FileServiceServer, server::GZIP, server::GrpcServer,
+    server::Listener, storage::StorageDir,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -64,7 +64,12 @@ pub async fn serve(
     // the handler can answer anything larger with a status that names the limit.
     let decode_limit = config.max_file_size.saturating_add(MESSAGE_OVERHEAD);
     GrpcServer::new()
-        .add_service(FileServiceServer::new(service).max_decoding_message_size(decode_limit))
+        .add_service(
+            FileServiceServer::new(service)
+                .max_decoding_message_size(decode_limit)
+                .accept_compressed(GZIP)
+                .send_compressed(GZIP),
+        )
         .serve(listener, shutdown)
         .await
 }

@@ -471,3 +471,43 @@ fn python_client_calls_every_method() {
     testkit::run_python(&script, &[&target, dir.path().to_str().expect("utf-8")])
         .expect("python client passes");
 }
+
+// ---- Hostile and broken callers (issue 13) ----
+
+/// A Python grpcio client that gzip-compresses its requests is served, not refused.
+#[test]
+fn python_gzip_requests_are_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(
+        cargo_bin("file_server"),
+        &["--dir", dir.path().to_str().expect("utf-8")],
+    )
+    .expect("server starts");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/file_gzip.py");
+    let target = format!("127.0.0.1:{}", server.port);
+    testkit::run_python(&script, &[&target, dir.path().to_str().expect("utf-8")])
+        .expect("python gzip client passes");
+}
+
+/// A tonic client that sends gzip and asks for gzip answers gets its answers.
+#[tokio::test]
+async fn gzip_both_ways() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), 1024 * 1024).await;
+    let mut client = client(&server)
+        .await
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let content = b"x".repeat(100_000);
+    let reply = tokio::time::timeout(TIMEOUT, client.write_file(write_request("z.txt", &content)))
+        .await
+        .expect("in time")
+        .expect("written");
+    assert!(reply.into_inner().success);
+    let list = tokio::time::timeout(TIMEOUT, client.get_files_list(pb::Empty {}))
+        .await
+        .expect("in time")
+        .expect("listed");
+    assert_eq!(list.into_inner().filenames, vec!["z.txt".to_owned()]);
+    server.stop().await.expect("stops");
+}

@@ -19,7 +19,8 @@ pub mod validate;
 use std::{path::PathBuf, time::Duration};
 
 use grpc_suite::{
-    logger::logger_service_server::LoggerServiceServer, server::GrpcServer, server::Listener,
+    logger::logger_service_server::LoggerServiceServer, server::GZIP, server::GrpcServer,
+    server::Listener,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +80,11 @@ pub async fn serve(
     let service = LoggerService::new(store.clone(), config.max_query_limit, shutdown.clone());
     let served = GrpcServer::new()
         .track_tasks(service.task_tracker())
-        .add_service(LoggerServiceServer::new(service))
+        .add_service(
+            LoggerServiceServer::new(service)
+                .accept_compressed(GZIP)
+                .send_compressed(GZIP),
+        )
         .serve(listener, shutdown)
         .await;
     // After the drain, so calls still in flight get their rows committed and answered.

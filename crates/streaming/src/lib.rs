@@ -24,7 +24,7 @@ pub mod upload;
 use std::{num::NonZeroUsize, path::PathBuf};
 
 use grpc_suite::{
-    server::GrpcServer, server::Listener, storage::StorageDir,
+    server::GZIP, server::GrpcServer, server::Listener, storage::StorageDir,
     streaming::streaming_service_server::StreamingServiceServer,
 };
 use tokio_util::sync::CancellationToken;
@@ -104,7 +104,9 @@ pub async fn serve_with(
         .track_tasks(service.task_tracker())
         .add_service(
             StreamingServiceServer::new(service.clone())
-                .max_decoding_message_size(MAX_MESSAGE_SIZE),
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .accept_compressed(GZIP)
+                .send_compressed(GZIP),
         )
         .serve(listener, shutdown.clone());
     // The server's drain waits for in-flight calls, and time and chat streams never end on
