@@ -37,6 +37,10 @@ const STOP_BOUND: Duration = Duration::from_secs(2);
 /// `XServer::new(service).accept_compressed(GZIP).send_compressed(GZIP)`.
 pub const GZIP: tonic::codec::CompressionEncoding = tonic::codec::CompressionEncoding::Gzip;
 
+/// How often a server hands memory its allocator holds free back to the OS. See
+/// [`release_free_memory`].
+const TRIM_INTERVAL: Duration = Duration::from_secs(2);
+
 /// The health service's name, as reflection lists it.
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
@@ -307,6 +311,25 @@ impl GrpcServer {
         tracing::info!(%local_addr, transport, "serving");
         let mut server = pin!(server);
 
+        // Ends with serve, like the services' own tasks.
+        let trimming = TaskTracker::new();
+        let stop_trimming = CancellationToken::new();
+        trimming.spawn({
+            let stop_trimming = stop_trimming.clone();
+            async move {
+                let mut interval = tokio::time::interval(TRIM_INTERVAL);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = stop_trimming.cancelled() => return,
+                        _ = interval.tick() => {}
+                    }
+                    // malloc_trim walks every arena under its lock: not on the executor.
+                    let _ = tokio::task::spawn_blocking(release_free_memory).await;
+                }
+            }
+        });
+
         let grace_period = self.grace_period;
         let drain_deadline = async {
             shutdown.cancelled().await;
@@ -347,9 +370,28 @@ impl GrpcServer {
         }
         // After the connections: a producer blocked on a client that stopped reading ends
         // only once its connection, and with it its response stream, is gone.
-        wait_for_tasks(&self.task_trackers).await;
+        stop_trimming.cancel();
+        let mut trackers = self.task_trackers;
+        trackers.push(trimming);
+        wait_for_tasks(&trackers).await;
         tracing::info!("server stopped");
         served
+    }
+}
+
+/// Gives the OS back the memory the allocator holds free. glibc keeps what a burst freed
+/// in its per-thread arenas (every tokio worker has one) and returns only the top of the
+/// main heap by itself, so after 100 stuck clients left, a server stayed hundreds of MiB
+/// above idle. `malloc_trim(0)` releases the free pages of every arena (madvise), at the
+/// cost of a walk over free chunks: microseconds for an idle heap. We keep glibc's malloc
+/// rather than switch allocators (mimalloc, jemalloc): no C build per binary, and one place
+/// covers all five servers. Elsewhere (musl, macOS) this does nothing.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only reorganises the allocator's own free lists; it is safe to
+    // call at any time from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
