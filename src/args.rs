@@ -90,6 +90,10 @@ pub struct ClientArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long = "tls-key", id = "client_key", global = true, value_name = "PEM")]
     pub client_key: Option<PathBuf>,
+    /// Give up on a call the server has not answered within this many seconds.
+    #[arg(long, global = true, value_name = "SECONDS", value_parser = seconds,
+        default_value = seconds_text(crate::cli::DEFAULT_CALL_TIMEOUT))]
+    pub timeout: Duration,
 }
 
 /// Parses the process's arguments into `A`, with the shared flags' environment variables
@@ -123,6 +127,7 @@ pub fn command<A: CommandFactory>(service: Service) -> clap::Command {
         ("ca_cert", "CA_CERT"),
         ("client_cert", "CLIENT_CERT"),
         ("client_key", "CLIENT_KEY"),
+        ("timeout", "TIMEOUT"),
     ];
     for (id, suffix) in environment {
         if defined(&command, id) {
@@ -217,6 +222,13 @@ impl ClientArgs {
     /// address when nothing answers there.
     pub async fn connect(&self) -> anyhow::Result<Channel> {
         crate::cli::connect_with(&self.server, &self.tls()?).await
+    }
+
+    /// [`ClientArgs::connect`], with `--timeout` as the deadline of every call's answer
+    /// (see [`crate::cli::connect_with_deadline`]): for clients whose calls are unary or
+    /// server streams, not uploads.
+    pub async fn connect_with_deadline(&self) -> anyhow::Result<Channel> {
+        crate::cli::connect_with_deadline(&self.server, &self.tls()?, Some(self.timeout)).await
     }
 
     /// The TLS files given.

@@ -593,3 +593,29 @@ fn crash_debris_is_removed_at_start() {
     file_service::open_storage(&config).expect("opens");
     assert_eq!(files_under(dir.path()), vec!["kept.txt".to_owned()]);
 }
+
+/// Against a server that accepts connections and never answers, the client gives up at
+/// its deadline (`--timeout`) with one line naming it, and exits 1.
+#[test]
+fn client_gives_up_on_a_silent_server_at_its_deadline() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    // Accepts, holds every socket, never writes.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let started = std::time::Instant::now();
+    let output = Command::new(cargo_bin("file_client"))
+        .args(["--server", &addr.to_string(), "--timeout", "1", "time"])
+        .output()
+        .expect("client runs");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("deadline"), "{stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}

@@ -99,7 +99,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let channel = args.connection.connect().await?;
+    let channel = args.connection.connect_with_deadline().await?;
     let command = Command::from(args.command);
     logger_service::client::run(channel, command, &mut std::io::stdout().lock()).await
 }
