@@ -73,7 +73,13 @@ pub async fn connect_with_deadline(
 ) -> anyhow::Result<Channel> {
     let mut endpoint = crate::tls::endpoint(url, tls)?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A long stream (follow, chat, time) to a server that vanished without a FIN would
+        // otherwise wait for ever: PINGs find out within interval + timeout. Only while a
+        // call is open, so idle clients cost the server nothing.
+        .http2_keep_alive_interval(crate::server::DEFAULT_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(crate::server::DEFAULT_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(false);
     if let Some(deadline) = deadline {
         endpoint = endpoint.timeout(deadline);
     }
