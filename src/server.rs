@@ -146,6 +146,9 @@ pub struct GrpcServer {
     /// The trackers of every task the services spawn (stream producers, followers, chat
     /// readers). [`GrpcServer::serve`] waits for them, so none outlives it.
     task_trackers: Vec<TaskTracker>,
+    /// Whether the services can do their work (a logger that can commit), if one of them
+    /// says: health then follows it until shutdown.
+    serving: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for GrpcServer {
@@ -162,7 +165,15 @@ impl GrpcServer {
             service_names: Vec::new(),
             grace_period: DEFAULT_GRACE_PERIOD,
             task_trackers: Vec::new(),
+            serving: None,
         }
+    }
+
+    /// Makes health report NOT_SERVING (overall and per service) while `serving` holds
+    /// false, and SERVING again once it holds true, until shutdown.
+    pub fn health_follows(mut self, serving: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.serving = Some(serving);
+        self
     }
 
     /// Adds a generated `*Server<T>`; health reports it under its proto name.
@@ -251,7 +262,9 @@ impl GrpcServer {
             .add_service(reflection_v1alpha);
         let routes: Routes = routes.routes();
 
+        let service_names_for_health = self.service_names.clone();
         let service_names = self.service_names;
+        let follow_reporter = health_reporter.clone();
         let signal = {
             let shutdown = shutdown.clone();
             async move {
@@ -314,6 +327,35 @@ impl GrpcServer {
         // Ends with serve, like the services' own tasks.
         let trimming = TaskTracker::new();
         let stop_trimming = CancellationToken::new();
+        if let Some(mut serving) = self.serving {
+            let stop = stop_trimming.clone();
+            let shutdown = shutdown.clone();
+            let names: Vec<&'static str> = std::iter::once("")
+                .chain(service_names_for_health.iter().copied())
+                .collect();
+            trimming.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = shutdown.cancelled() => return,
+                        changed = serving.changed() => if changed.is_err() { return },
+                    }
+                    // After shutdown started, health stays NOT_SERVING whatever happens.
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    let status = if *serving.borrow_and_update() {
+                        ServingStatus::Serving
+                    } else {
+                        ServingStatus::NotServing
+                    };
+                    tracing::warn!(?status, "health follows the services' state");
+                    for name in &names {
+                        follow_reporter.set_service_status(*name, status).await;
+                    }
+                }
+            });
+        }
         trimming.spawn({
             let stop_trimming = stop_trimming.clone();
             async move {

@@ -80,6 +80,8 @@ pub async fn serve(
     let service = LoggerService::new(store.clone(), config.max_query_limit, shutdown.clone());
     let served = GrpcServer::new()
         .track_tasks(service.task_tracker())
+        // NOT_SERVING while commits fail: a logger that cannot store is not serving.
+        .health_follows(store.committing())
         .add_service(
             LoggerServiceServer::new(service)
                 .accept_compressed(GZIP)

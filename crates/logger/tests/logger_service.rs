@@ -896,3 +896,96 @@ async fn stuck_followers_cost_bounded_memory() {
         idle.rss_kib
     );
 }
+
+/// While the database cannot commit (its disk is full) health says NOT_SERVING; once a
+/// commit succeeds again, SERVING. Needs a small tmpfs (root); elsewhere it says why it
+/// skipped.
+#[tokio::test]
+async fn health_follows_whether_commits_succeed() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(dir.path())
+        .output();
+    match &mounted {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => {
+            eprintln!(
+                "skipped: cannot mount a tmpfs ({})",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            return;
+        }
+        Err(error) => {
+            eprintln!("skipped: cannot run mount ({error})");
+            return;
+        }
+    }
+    /// Unmounts on every exit, a failed assertion included.
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    let filler = dir.path().join("filler");
+    std::fs::write(&filler, vec![0_u8; 300 * 1024]).expect("filler");
+    let (server, _) = start(&dir.path().join("logs.db"), 100).await;
+    let mut client = client(&server).await;
+    let mut health = HealthClient::new(server.channel().await);
+    let status = |health: &mut HealthClient<Channel>| {
+        let mut health = health.clone();
+        async move {
+            tokio::time::timeout(
+                TIMEOUT,
+                health.check(HealthCheckRequest {
+                    service: String::new(),
+                }),
+            )
+            .await
+            .expect("in time")
+            .expect("answered")
+            .into_inner()
+            .status()
+        }
+    };
+    assert_eq!(status(&mut health).await, ServingStatus::Serving);
+    let details = "f".repeat(60 * 1024);
+    let mut failed = false;
+    for _ in 0..100 {
+        let reply = tokio::time::timeout(TIMEOUT, client.log_activity(event("FILL", &details)))
+            .await
+            .expect("in time");
+        if reply.is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "the disk never filled");
+    // The health task runs on its own; give it a moment.
+    let mut seen = ServingStatus::Serving;
+    for _ in 0..50 {
+        seen = status(&mut health).await;
+        if seen == ServingStatus::NotServing {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, ServingStatus::NotServing);
+
+    std::fs::remove_file(&filler).expect("freeing space");
+    log(&mut client, event("AFTER", "space again")).await;
+    for _ in 0..50 {
+        seen = status(&mut health).await;
+        if seen == ServingStatus::Serving {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, ServingStatus::Serving);
+    server.stop().await.expect("stops");
+}
