@@ -8,8 +8,8 @@
 
 use std::{
     io::Write,
-    path::{Path, PathBuf},
     sync::Arc,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -497,3 +497,4 @@ async fn read_chunks(
     let _ = chunks.send(last).await;
     Ok(())
 }
+
