@@ -8,14 +8,14 @@
 //!
 //! Libraries never see these types: a binary turns them into the library's plain `Config`.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser};
 use tokio::net::TcpListener;
 
 use crate::cli::Connection;
-use crate::server::Listener;
+use crate::server::{self, ConnectionLimits, Listener};
 use crate::session_guard::SessionGuard;
 use crate::tls::{ClientTls, ClientTlsFiles, ServerTls, ServerTlsFiles};
 
@@ -47,6 +47,27 @@ pub struct ServerArgs {
     /// Also require client certificates signed by this CA (mutual TLS); needs --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Close a connection that has not sent the HTTP/2 preface within this many seconds.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds,
+        default_value = seconds_text(server::DEFAULT_HANDSHAKE_TIMEOUT))]
+    pub handshake_timeout: Duration,
+    /// Send an HTTP/2 PING to each peer this often (seconds; 0 sends none), so a peer that
+    /// vanished is dropped within --keepalive-interval + --keepalive-timeout.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds,
+        default_value = seconds_text(server::DEFAULT_KEEPALIVE_INTERVAL))]
+    pub keepalive_interval: Duration,
+    /// Close a connection whose peer has not answered a PING within this many seconds.
+    #[arg(long, value_name = "SECONDS", value_parser = seconds,
+        default_value = seconds_text(server::DEFAULT_KEEPALIVE_TIMEOUT))]
+    pub keepalive_timeout: Duration,
+    /// Serve at most this many connections at once; further ones are closed on accept.
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Let one connection run at most this many calls at once.
+    #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
 }
 
 /// Flags of the servers that can require sessions (file, random, streaming): where the
@@ -116,6 +137,10 @@ pub struct ClientArgs {
         hide_env_values = true
     )]
     pub session: Option<String>,
+    /// Give up on a call the server has not answered within this many seconds.
+    #[arg(long, global = true, value_name = "SECONDS", value_parser = seconds,
+        default_value = seconds_text(crate::cli::DEFAULT_CALL_TIMEOUT))]
+    pub timeout: Duration,
 }
 
 /// Parses the process's arguments into `A`, with the shared flags' environment variables
@@ -144,10 +169,16 @@ pub fn command<A: CommandFactory>(service: Service) -> clap::Command {
         ("auth_ca_cert", "AUTH_CA_CERT"),
         ("auth_tls_cert", "AUTH_TLS_CERT"),
         ("auth_tls_key", "AUTH_TLS_KEY"),
+        ("handshake_timeout", "HANDSHAKE_TIMEOUT"),
+        ("keepalive_interval", "KEEPALIVE_INTERVAL"),
+        ("keepalive_timeout", "KEEPALIVE_TIMEOUT"),
+        ("max_connections", "MAX_CONNECTIONS"),
+        ("max_streams_per_connection", "MAX_STREAMS_PER_CONNECTION"),
         ("server", "URL"),
         ("ca_cert", "CA_CERT"),
         ("client_cert", "CLIENT_CERT"),
         ("client_key", "CLIENT_KEY"),
+        ("timeout", "TIMEOUT"),
     ];
     for (id, suffix) in environment {
         if defined(&command, id) {
@@ -208,6 +239,18 @@ impl ServerArgs {
         self.tls_files().map(|files| files.load()).transpose()
     }
 
+    /// The per-connection limits the flags ask for.
+    pub fn limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            handshake_timeout: self.handshake_timeout,
+            keepalive_interval: Some(self.keepalive_interval)
+                .filter(|interval| !interval.is_zero()),
+            keepalive_timeout: self.keepalive_timeout,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_streams_per_connection: self.max_streams_per_connection,
+        }
+    }
+
     /// Loads the TLS files, if any, then binds `--addr` and prints the startup line the old
     /// scripts printed, `<title> started on port <port>` (the real port, so
     /// `--addr 127.0.0.1:0` reports the one the OS picked; tests read it).
@@ -221,26 +264,42 @@ impl ServerArgs {
             .context("reading the bound address")?
             .port();
         println!("{title} started on port {port}");
-        Ok(Listener::with_tls(listener, tls))
+        Ok(Listener::with_tls(listener, tls).with_limits(self.limits()))
     }
 }
 
 impl ClientArgs {
     /// Connects to `--server`, failing within a few seconds with one line naming the
-    /// address when nothing answers there.
-    /// The calls carry `--session` when given.
+    /// address when nothing answers there. The calls carry `--session` when given, and no
+    /// deadline (an upload's answer comes only after its last chunk).
     pub async fn connect(&self) -> anyhow::Result<Connection> {
-        let channel = crate::cli::connect_with(&self.server, &self.tls()?).await?;
-        match &self.session {
-            Some(session) => Connection::with_bearer(channel, session.trim()),
-            None => Ok(channel.into()),
-        }
+        self.dial(None, None).await
     }
 
-    /// Connects, presenting `token` (a logger token) instead of any session.
+    /// [`ClientArgs::connect`], with `--timeout` as the deadline of every call's answer
+    /// (see [`crate::cli::connect_with_deadline`]): for clients whose calls are unary or
+    /// server streams, not uploads.
+    pub async fn connect_with_deadline(&self) -> anyhow::Result<Connection> {
+        self.dial(Some(self.timeout), None).await
+    }
+
+    /// [`ClientArgs::connect_with_deadline`], presenting `token` (a logger token) instead
+    /// of any session.
     pub async fn connect_with_token(&self, token: &str) -> anyhow::Result<Connection> {
-        let channel = crate::cli::connect_with(&self.server, &self.tls()?).await?;
-        Connection::with_bearer(channel, token)
+        self.dial(Some(self.timeout), Some(token)).await
+    }
+
+    async fn dial(
+        &self,
+        deadline: Option<Duration>,
+        token: Option<&str>,
+    ) -> anyhow::Result<Connection> {
+        let channel =
+            crate::cli::connect_with_deadline(&self.server, &self.tls()?, deadline).await?;
+        match token.or(self.session.as_deref()) {
+            Some(credential) => Connection::with_bearer(channel, credential.trim()),
+            None => Ok(channel.into()),
+        }
     }
 
     /// The TLS files given.
@@ -256,6 +315,20 @@ impl ClientArgs {
     pub fn tls(&self) -> anyhow::Result<ClientTls> {
         self.tls_files().load()
     }
+}
+
+/// Parses a number of seconds, fractions allowed (`0.5`), into a duration.
+pub fn seconds(text: &str) -> Result<Duration, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|value| Duration::try_from_secs_f64(value).ok())
+        .ok_or_else(|| format!("{text:?} is not a number of seconds (e.g. 5 or 0.5)"))
+}
+
+/// A duration as [`seconds`] reads it, for a flag's default.
+fn seconds_text(duration: Duration) -> clap::builder::OsStr {
+    clap::builder::OsStr::from(duration.as_secs_f64().to_string())
 }
 
 /// The first address `host:port` resolves to.
@@ -376,6 +449,11 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            handshake_timeout: Duration::from_secs(1),
+            keepalive_interval: Duration::ZERO,
+            keepalive_timeout: Duration::from_secs(1),
+            max_connections: 1,
+            max_streams_per_connection: 1,
         };
         let listener = args.bind_announced("Test Service").await.expect("binds");
         assert!(listener.local_addr().expect("address").ip().is_loopback());

@@ -11,6 +11,10 @@ use crate::tls::ClientTls;
 /// How long a client waits for the TCP/HTTP2 connection before saying the server is down.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a client waits for the answer to a call by default (`--timeout`): far above
+/// any answer a working server gives, short enough that a hung server is noticed.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Installs the `tracing` subscriber for a binary: human-readable lines on stderr, filtered
 /// by `RUST_LOG` (default `info` for servers, `warn` for clients, via `default_filter`).
 pub fn init_tracing(default_filter: &str) {
@@ -54,9 +58,31 @@ pub async fn connect(url: &str) -> anyhow::Result<Channel> {
 
 /// [`connect`] with TLS settings: a private CA, a client certificate.
 pub async fn connect_with(url: &str, tls: &ClientTls) -> anyhow::Result<Channel> {
-    let endpoint = crate::tls::endpoint(url, tls)?
+    connect_with_deadline(url, tls, None).await
+}
+
+/// [`connect_with`], and every call on the channel fails with "did not answer within the
+/// deadline" unless the server answers (sends its response headers) within `deadline`, so
+/// a hung server gives one clear line instead of a hang. Servers send the headers of a
+/// server stream at once, so it does not cut follow/time streams; it would cut a client
+/// stream (an upload) that lasts longer, whose answer comes at its end.
+pub async fn connect_with_deadline(
+    url: &str,
+    tls: &ClientTls,
+    deadline: Option<Duration>,
+) -> anyhow::Result<Channel> {
+    let mut endpoint = crate::tls::endpoint(url, tls)?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A long stream (follow, chat, time) to a server that vanished without a FIN would
+        // otherwise wait for ever: PINGs find out within interval + timeout. Only while a
+        // call is open, so idle clients cost the server nothing.
+        .http2_keep_alive_interval(crate::server::DEFAULT_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(crate::server::DEFAULT_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(false);
+    if let Some(deadline) = deadline {
+        endpoint = endpoint.timeout(deadline);
+    }
     let host = endpoint.uri().host().unwrap_or_default().to_owned();
     endpoint
         .connect()
@@ -239,6 +265,12 @@ pub fn upload_name(path: &std::path::Path, store_as: Option<String>) -> anyhow::
 /// An error for a call the server refused or could not finish, worded for a person:
 /// `the server refused the request (INVALID_ARGUMENT): file name is empty`.
 pub fn status_error(status: Status) -> anyhow::Error {
+    // tonic reports its own client-side deadline as CANCELLED with these words.
+    if status.code() == Code::Cancelled && status.message() == "Timeout expired" {
+        return anyhow::anyhow!(
+            "the server did not answer within the deadline (DEADLINE_EXCEEDED; raise it with --timeout)"
+        );
+    }
     if let Some(error) = transport_error(&status) {
         return error;
     }

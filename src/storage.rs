@@ -87,6 +87,29 @@ fn shorten(text: &str) -> String {
     }
 }
 
+/// The status a client gets when storing its file failed on the server's side, chosen by
+/// cause, for every service that stores files to use in its one error mapping: a full disk
+/// or quota is RESOURCE_EXHAUSTED and says so; a folder in the way of the name is
+/// FAILED_PRECONDITION (the name is valid, the server's state refuses it); anything else is
+/// INTERNAL, its OS text logged here and not sent.
+pub fn storage_status(cause: &io::Error) -> tonic::Status {
+    match cause.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            tracing::warn!(error = %cause, "storage full");
+            tonic::Status::resource_exhausted(
+                "no space left on the server's disk: the file was not stored",
+            )
+        }
+        io::ErrorKind::IsADirectory => tonic::Status::failed_precondition(
+            "a folder of that name exists on the server: the file was not stored",
+        ),
+        _ => {
+            tracing::error!(error = %cause, "file storage failed");
+            tonic::Status::internal("the server could not store the file")
+        }
+    }
+}
+
 /// A folder that receives client files. All writes go through [`StorageDir::create`], so a
 /// file appears under its final name complete or not at all.
 #[derive(Debug, Clone)]
@@ -95,6 +118,10 @@ pub struct StorageDir {
     shown: PathBuf,
     /// The same folder, absolute, for the server's own work and its startup line.
     absolute: PathBuf,
+    /// The prefix of this server's temporary files: [`TEMP_PREFIX`], then the owner's name
+    /// if set, so that a server removing its crash debris at start never removes the
+    /// in-progress files of another server sharing the folder.
+    temp_prefix: String,
 }
 
 impl StorageDir {
@@ -103,7 +130,41 @@ impl StorageDir {
         let shown = path.into();
         fs::create_dir_all(&shown)?;
         let absolute = fs::canonicalize(&shown)?;
-        Ok(Self { shown, absolute })
+        Ok(Self {
+            shown,
+            absolute,
+            temp_prefix: TEMP_PREFIX.to_owned(),
+        })
+    }
+
+    /// The same folder, its temporary files marked as `owner`'s (`.partial-file-…`), which
+    /// [`StorageDir::remove_stale_partials`] then removes.
+    pub fn owned_by(mut self, owner: &str) -> Self {
+        self.temp_prefix = format!("{TEMP_PREFIX}{owner}-");
+        self
+    }
+
+    /// Removes this owner's temporary files, left by a server killed mid-write (they are
+    /// never listed, so they would fill the disk unseen), and returns how many. Only for a
+    /// server starting up: it would remove its own writes in progress. Without an owner
+    /// (see [`StorageDir::owned_by`]) nothing is removed.
+    pub fn remove_stale_partials(&self) -> io::Result<usize> {
+        if self.temp_prefix == TEMP_PREFIX {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.absolute)? {
+            let entry = entry?;
+            let ours = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with(&self.temp_prefix));
+            if ours && entry.file_type()?.is_file() {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// The folder's absolute path.
@@ -121,7 +182,7 @@ impl StorageDir {
     /// uncommitted, it leaves nothing behind.
     pub fn create(&self, name: &SafeFileName) -> io::Result<PendingFile> {
         let temp = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
+            .prefix(&self.temp_prefix)
             .tempfile_in(&self.absolute)?;
         Ok(PendingFile {
             temp,
@@ -349,5 +410,47 @@ mod tests {
             vec!["a.txt".to_owned(), "b.txt".to_owned()]
         );
         Ok(())
+    }
+
+    /// At start, a server removes its own crash debris and nothing else: not another
+    /// owner's files in progress, not stored files.
+    #[test]
+    fn removes_only_its_own_stale_partials() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = StorageDir::open(dir.path()).expect("open").owned_by("file");
+        let other = StorageDir::open(dir.path())
+            .expect("open")
+            .owned_by("streaming");
+        let ours = storage.create(&name_ok("a.txt")).expect("create");
+        let theirs = other.create(&name_ok("b.txt")).expect("create");
+        storage
+            .write_atomic(&name_ok("kept.txt"), b"x")
+            .expect("write");
+        // A crash: the temporary file is left behind.
+        let (_, left) = ours.temp.keep().expect("keep");
+        assert!(left.exists());
+        assert_eq!(storage.remove_stale_partials().expect("removes"), 1);
+        assert!(!left.exists());
+        assert!(theirs.temp.path().exists());
+        assert_eq!(storage.list().expect("list"), vec!["kept.txt".to_owned()]);
+    }
+
+    /// A full disk and a folder in the way get statuses that say what happened.
+    #[test]
+    fn storage_statuses_name_the_cause() {
+        let full = io::Error::from(io::ErrorKind::StorageFull);
+        assert_eq!(storage_status(&full).code(), tonic::Code::ResourceExhausted);
+        assert!(storage_status(&full).message().contains("no space left"));
+        let folder = io::Error::from(io::ErrorKind::IsADirectory);
+        assert_eq!(
+            storage_status(&folder).code(),
+            tonic::Code::FailedPrecondition
+        );
+        let other = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert_eq!(storage_status(&other).code(), tonic::Code::Internal);
+    }
+
+    fn name_ok(raw: &str) -> SafeFileName {
+        safe_file_name(raw).expect("valid name")
     }
 }

@@ -8,23 +8,32 @@
 //! socket, which the live count observes.
 
 use std::{
+    future::Future as _,
     io,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
+    time::Sleep,
 };
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::gauge::{Gauge, GaugeGuard};
 
+/// The length of the HTTP/2 client preface (`PRI * HTTP/2.0...`), which a client sends
+/// first; a connection that has sent it is past the point where it could stall us unseen.
+const PREFACE_LEN: usize = 24;
+
 /// The registry of one server's accepted connections; cloning shares it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Connections {
+    /// How long a new connection may take to send the HTTP/2 preface before it is closed.
+    handshake_timeout: Duration,
     /// Cancelled once, when the grace period is over: every tracked socket watches it.
     force_close: CancellationToken,
     /// Sockets not yet dropped. A gauge rather than a counter, so shutdown can await zero.
@@ -32,12 +41,23 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
+    /// An empty registry whose connections must send the preface within `handshake_timeout`.
+    pub(crate) fn new(handshake_timeout: Duration) -> Self {
+        Self {
+            handshake_timeout,
+            force_close: CancellationToken::default(),
+            live: Gauge::default(),
+        }
+    }
+
     /// Registers an accepted socket; it counts as live until the returned wrapper is dropped.
     pub(crate) fn track(&self, stream: TcpStream) -> TrackedStream {
         TrackedStream {
             stream,
             closing: Box::pin(self.force_close.clone().cancelled_owned()),
             closed: self.force_close.is_cancelled(),
+            handshake_deadline: Some(Box::pin(tokio::time::sleep(self.handshake_timeout))),
+            preface_read: 0,
             _live: self.live.enter(),
         }
     }
@@ -68,6 +88,13 @@ pub(crate) struct TrackedStream {
     closing: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Set once `closing` has fired, so the finished future is never polled again.
     closed: bool,
+    /// When the peer must have sent the HTTP/2 preface by; `None` once it has. Polled on
+    /// reads, which hyper keeps pending while it waits for the preface, so it wakes the task.
+    /// (Under TLS the TLS handshake's own timeout comes first; the bytes counted here are
+    /// then the TLS ones.)
+    handshake_deadline: Option<Pin<Box<Sleep>>>,
+    /// Bytes read so far, up to [`PREFACE_LEN`].
+    preface_read: usize,
     /// Keeps this socket counted as live until hyper drops it.
     _live: GaugeGuard,
 }
@@ -100,7 +127,26 @@ impl AsyncRead for TrackedStream {
         if this.force_closed(context) {
             return Poll::Ready(Err(closed_error()));
         }
-        Pin::new(&mut this.stream).poll_read(context, buffer)
+        if let Some(deadline) = this.handshake_deadline.as_mut()
+            && deadline.as_mut().poll(context).is_ready()
+        {
+            this.handshake_deadline = None;
+            this.closed = true;
+            tracing::debug!("closing a connection that sent no HTTP/2 preface in time");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not complete the HTTP/2 handshake in time",
+            )));
+        }
+        let before = buffer.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(context, buffer);
+        if this.handshake_deadline.is_some() {
+            this.preface_read += buffer.filled().len() - before;
+            if this.preface_read >= PREFACE_LEN {
+                this.handshake_deadline = None;
+            }
+        }
+        read
     }
 }
 

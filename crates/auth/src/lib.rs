@@ -19,8 +19,8 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use grpc_suite::{
     auth::auth_service_server::AuthServiceServer,
-    logger::logger_service_client::LoggerServiceClient, server::GrpcServer, server::Listener,
-    tls::ClientTls,
+    logger::logger_service_client::LoggerServiceClient, server::GZIP, server::GrpcServer,
+    server::Listener, tls::ClientTls,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -115,7 +115,11 @@ pub async fn serve(
     let throttle = Arc::new(throttle::Throttle::new(config.throttle));
     let service = AuthService::new(credentials, sessions, outbox, throttle);
     let served = GrpcServer::new()
-        .add_service(AuthServiceServer::new(service))
+        .add_service(
+            AuthServiceServer::new(service)
+                .accept_compressed(GZIP)
+                .send_compressed(GZIP),
+        )
         .serve(listener, shutdown.clone())
         .await;
     // The gRPC side is done; background tasks watch the same token and stop promptly.

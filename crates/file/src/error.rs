@@ -27,11 +27,8 @@ impl From<FileServiceError> for Status {
         match error {
             FileServiceError::BadFileName(_) => Status::invalid_argument(error.to_string()),
             FileServiceError::TooLarge { .. } => Status::resource_exhausted(error.to_string()),
-            FileServiceError::Storage(cause) => {
-                // The OS's words stay in the server log; the client learns it was not stored.
-                tracing::error!(error = %cause, "file storage failed");
-                Status::internal("the server could not store the file")
-            }
+            // Full disk, folder in the way, or internal; the OS's words stay in the log.
+            FileServiceError::Storage(cause) => grpc_suite::storage::storage_status(&cause),
         }
     }
 }

@@ -12,8 +12,8 @@ mod service;
 use std::path::PathBuf;
 
 use grpc_suite::{
-    file::file_service_server::FileServiceServer, server::GrpcServer, server::Listener,
-    storage::StorageDir,
+    file::file_service_server::FileServiceServer, server::GZIP, server::GrpcServer,
+    server::Listener, storage::StorageDir,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -47,9 +47,15 @@ impl Default for Config {
     }
 }
 
-/// Opens the upload folder (creating it), for the caller to report before serving.
+/// Opens the upload folder (creating it), for the caller to report before serving, and
+/// removes the unfinished files an earlier run of this server left there (logging how many).
 pub fn open_storage(config: &Config) -> std::io::Result<StorageDir> {
-    StorageDir::open(&config.upload_dir)
+    let storage = StorageDir::open(&config.upload_dir)?.owned_by("file");
+    // Files a killed server left half-written are never listed; without this they would
+    // pile up unseen across restarts.
+    let removed = storage.remove_stale_partials()?;
+    tracing::info!(removed, "removed unfinished files left by an earlier run");
+    Ok(storage)
 }
 
 /// Serves the file service, with health and reflection, until `shutdown` is cancelled.
@@ -64,7 +70,12 @@ pub async fn serve(
     // the handler can answer anything larger with a status that names the limit.
     let decode_limit = config.max_file_size.saturating_add(MESSAGE_OVERHEAD);
     GrpcServer::new()
-        .add_service(FileServiceServer::new(service).max_decoding_message_size(decode_limit))
+        .add_service(
+            FileServiceServer::new(service)
+                .max_decoding_message_size(decode_limit)
+                .accept_compressed(GZIP)
+                .send_compressed(GZIP),
+        )
         .serve(listener, shutdown)
         .await
 }

@@ -473,3 +473,151 @@ fn python_client_calls_every_method() {
     testkit::run_python(&script, &[&target, dir.path().to_str().expect("utf-8")])
         .expect("python client passes");
 }
+
+// ---- Hostile and broken callers (issue 13) ----
+
+/// A Python grpcio client that gzip-compresses its requests is served, not refused.
+#[test]
+fn python_gzip_requests_are_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ServerProcess::start(
+        cargo_bin("file_server"),
+        &["--dir", dir.path().to_str().expect("utf-8")],
+    )
+    .expect("server starts");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/file_gzip.py");
+    let target = format!("127.0.0.1:{}", server.port);
+    testkit::run_python(&script, &[&target, dir.path().to_str().expect("utf-8")])
+        .expect("python gzip client passes");
+}
+
+/// A tonic client that sends gzip and asks for gzip answers gets its answers.
+#[tokio::test]
+async fn gzip_both_ways() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(dir.path(), 1024 * 1024).await;
+    let mut client = client(&server)
+        .await
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let content = b"x".repeat(100_000);
+    let reply = tokio::time::timeout(TIMEOUT, client.write_file(write_request("z.txt", &content)))
+        .await
+        .expect("in time")
+        .expect("written");
+    assert!(reply.into_inner().success);
+    let list = tokio::time::timeout(TIMEOUT, client.get_files_list(pb::Empty {}))
+        .await
+        .expect("in time")
+        .expect("listed");
+    assert_eq!(list.into_inner().filenames, vec!["z.txt".to_owned()]);
+    server.stop().await.expect("stops");
+}
+
+/// A WriteFile whose name is an existing folder is FAILED_PRECONDITION, not INTERNAL, and
+/// leaves the folder as it was.
+#[tokio::test]
+async fn name_of_an_existing_folder_is_a_failed_precondition() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("taken")).expect("folder");
+    let server = start(dir.path(), 1024).await;
+    let mut client = client(&server).await;
+    let status = tokio::time::timeout(TIMEOUT, client.write_file(write_request("taken", b"x")))
+        .await
+        .expect("in time")
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("folder"), "{status:?}");
+    assert!(dir.path().join("taken").is_dir());
+    assert!(files_under(dir.path()).is_empty(), "debris left");
+    server.stop().await.expect("stops");
+}
+
+/// A full disk answers RESOURCE_EXHAUSTED naming the cause, and leaves no partial file.
+/// Needs a small tmpfs, which only root can mount; elsewhere the test says why it skipped.
+#[tokio::test]
+async fn full_disk_is_resource_exhausted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(dir.path())
+        .output();
+    match &mounted {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => {
+            eprintln!(
+                "skipped: cannot mount a tmpfs ({})",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            return;
+        }
+        Err(error) => {
+            eprintln!("skipped: cannot run mount ({error})");
+            return;
+        }
+    }
+    /// Unmounts on every exit, a failed assertion included.
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    let server = start(dir.path(), 1024 * 1024).await;
+    let mut client = client(&server).await;
+    let status = tokio::time::timeout(
+        TIMEOUT,
+        client.write_file(write_request("big.bin", &vec![7_u8; 512 * 1024])),
+    )
+    .await
+    .expect("in time")
+    .expect_err("refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("no space left"), "{status:?}");
+    assert!(files_under(dir.path()).is_empty(), "debris left");
+    server.stop().await.expect("stops");
+}
+
+/// Files a killed server left half-written are removed when it starts again.
+#[test]
+fn crash_debris_is_removed_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for n in 0..3 {
+        std::fs::write(dir.path().join(format!(".partial-file-crash{n}")), b"half")
+            .expect("debris");
+    }
+    std::fs::write(dir.path().join("kept.txt"), b"stored").expect("stored file");
+    let config = Config {
+        upload_dir: dir.path().to_path_buf(),
+        max_file_size: 1024,
+    };
+    file_service::open_storage(&config).expect("opens");
+    assert_eq!(files_under(dir.path()), vec!["kept.txt".to_owned()]);
+}
+
+/// Against a server that accepts connections and never answers, the client gives up at
+/// its deadline (`--timeout`) with one line naming it, and exits 1.
+#[test]
+fn client_gives_up_on_a_silent_server_at_its_deadline() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    // Accepts, holds every socket, never writes.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let started = std::time::Instant::now();
+    let output = Command::new(cargo_bin("file_client"))
+        .args(["--server", &addr.to_string(), "--timeout", "1", "time"])
+        .output()
+        .expect("client runs");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("deadline"), "{stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}

@@ -20,7 +20,8 @@ pub mod validate;
 use std::{path::PathBuf, time::Duration};
 
 use grpc_suite::{
-    logger::logger_service_server::LoggerServiceServer, server::GrpcServer, server::Listener,
+    logger::logger_service_server::LoggerServiceServer, server::GZIP, server::GrpcServer,
+    server::Listener,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -84,7 +85,13 @@ pub async fn serve(
         .with_tokens(config.tokens.clone());
     let served = GrpcServer::new()
         .track_tasks(service.task_tracker())
-        .add_service(LoggerServiceServer::new(service))
+        // NOT_SERVING while commits fail: a logger that cannot store is not serving.
+        .health_follows(store.committing())
+        .add_service(
+            LoggerServiceServer::new(service)
+                .accept_compressed(GZIP)
+                .send_compressed(GZIP),
+        )
         .serve(listener, shutdown)
         .await;
     // After the drain, so calls still in flight get their rows committed and answered.

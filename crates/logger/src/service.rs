@@ -1,9 +1,11 @@
 //! The LoggerService handlers: validate, hand writes to the store's writer thread, run
 //! reads on the blocking pool, and feed followers from the committed-rows broadcast.
 
+use std::{pin::Pin, sync::Arc};
+
 use grpc_suite::{logger as pb, server::run_blocking};
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
@@ -18,6 +20,11 @@ use crate::{
 /// client should hold back its own producer (which then catches up from the database),
 /// not grow the server's memory.
 const FOLLOW_BUFFER: usize = 64;
+
+/// The same buffer's bound in bytes of row text, which is what memory is made of: one row
+/// may carry 64 KiB of details, so 64 rows alone could hold 4 MiB per follower that stopped
+/// reading. A row larger than the whole budget still goes, alone.
+const FOLLOW_BUFFER_BYTES: usize = 128 * 1024;
 
 /// Rows read from the database per query while a lagging follower catches up.
 const CATCH_UP_PAGE: u32 = 512;
@@ -121,7 +128,7 @@ impl pb::logger_service_server::LoggerService for LoggerService {
         Ok(Response::new(pb::LogQueryResponse { logs }))
     }
 
-    type FollowLogsStream = ReceiverStream<Result<pb::LogEntry, Status>>;
+    type FollowLogsStream = FollowStream;
 
     /// Sends the newest `backlog` rows oldest first (so the whole stream reads in commit
     /// order, like `tail -f`), then each row as it is committed.
@@ -153,12 +160,21 @@ impl pb::logger_service_server::LoggerService for LoggerService {
             filter,
             cursor,
             sender,
+            budget: Arc::new(Semaphore::new(FOLLOW_BUFFER_BYTES)),
             shutdown: self.shutdown.clone(),
         };
         self.tasks.spawn(follower.run(backlog_rows, live));
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        // The bytes a row holds are given back as the HTTP/2 stream takes it.
+        let stream = ReceiverStream::new(receiver).map(|(item, _budget)| item);
+        Ok(Response::new(Box::pin(stream)))
     }
 }
+
+/// A FollowLogs response stream: rows as the follower's task produces them.
+pub type FollowStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
+
+/// A row on its way to the client, with the share of the byte budget it holds until taken.
+type Queued = (Result<pb::LogEntry, Status>, Option<OwnedSemaphorePermit>);
 
 /// One FollowLogs stream's producer.
 struct Follower {
@@ -168,7 +184,11 @@ struct Follower {
     /// below it that arrive on the broadcast are duplicates of what was read from the
     /// database and are skipped.
     cursor: i64,
-    sender: mpsc::Sender<Result<pb::LogEntry, Status>>,
+    sender: mpsc::Sender<Queued>,
+    /// [`FOLLOW_BUFFER_BYTES`] of row text: a row waits for its share before it is queued,
+    /// so a client that stops reading holds back its producer after that many bytes, which
+    /// later catches up from the database instead of from memory.
+    budget: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
 
@@ -253,9 +273,19 @@ impl Follower {
             Ok(entry) => entry,
             Err(error) => return self.fail(error.into()).await,
         };
+        let size = entry.details.len() + entry.event_type.len() + entry.timestamp.len();
+        let share = u32::try_from(size.clamp(1, FOLLOW_BUFFER_BYTES)).unwrap_or(u32::MAX);
+        let budget = Arc::clone(&self.budget);
         tokio::select! {
             () = self.shutdown.cancelled() => false,
-            sent = self.sender.send(Ok(entry)) => sent.is_ok(),
+            () = self.sender.closed() => false,
+            sent = async {
+                // The semaphore is never closed, so an error cannot happen; treat it as gone.
+                let Ok(permit) = budget.acquire_many_owned(share).await else {
+                    return false;
+                };
+                self.sender.send((Ok(entry), Some(permit))).await.is_ok()
+            } => sent,
         }
     }
 
@@ -263,7 +293,7 @@ impl Follower {
     async fn fail(&self, status: Status) -> bool {
         tokio::select! {
             () = self.shutdown.cancelled() => {}
-            _ = self.sender.send(Err(status)) => {}
+            _ = self.sender.send((Err(status), None)) => {}
         }
         false
     }

@@ -29,7 +29,7 @@ use std::{
 
 use grpc_suite::group_commit::{GroupCommit, SubmitError};
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 
 /// The timestamp format of the contract's `logs.timestamp` column.
 pub use grpc_suite::wire_time::LOG_TIMESTAMP as TIMESTAMP_FORMAT;
@@ -210,6 +210,9 @@ pub struct Store {
     committed: broadcast::Sender<LogRow>,
     readers: Arc<Mutex<Vec<Connection>>>,
     stats: Arc<StoreStats>,
+    /// Whether the last commit succeeded: false while the disk refuses (full, read-only),
+    /// so health can say the logger cannot store what it is sent.
+    committing: watch::Receiver<bool>,
     /// Resolves (with an error: the sender is dropped) when the echo thread has printed
     /// everything and exited, which follows the writer's exit. Taken by [`Store::close`];
     /// `None` without echo.
@@ -267,11 +270,13 @@ impl Store {
         } else {
             (None, None)
         };
+        let (committing_sender, committing) = watch::channel(true);
         let mut writer = Writer {
             connection,
             committed: committed.clone(),
             stats: Arc::clone(&stats),
             echo,
+            committing: committing_sender,
         };
         let writes = GroupCommit::spawn(
             "log-writer",
@@ -286,8 +291,15 @@ impl Store {
             committed,
             readers: Arc::new(Mutex::new(Vec::new())),
             stats,
+            committing,
             echo_finished: Arc::new(Mutex::new(echo_finished)),
         })
+    }
+
+    /// Whether the writer can commit: false from a failed commit until one succeeds again
+    /// (callers whose rows failed retry, which is what brings it back).
+    pub fn committing(&self) -> watch::Receiver<bool> {
+        self.committing.clone()
     }
 
     /// The database file.
@@ -462,6 +474,8 @@ struct Writer {
     committed: broadcast::Sender<LogRow>,
     stats: Arc<StoreStats>,
     echo: Option<Echo>,
+    /// Told whether each commit succeeded; see [`Store::committing`].
+    committing: watch::Sender<bool>,
 }
 
 impl Writer {
@@ -469,7 +483,11 @@ impl Writer {
     /// answered, counts it, publishes its new rows to followers and hands them to the echo.
     fn commit(&mut self, batch: Vec<NewEntry>) -> Result<Vec<Appended>, Arc<StoreError>> {
         let entries: Vec<&NewEntry> = batch.iter().collect();
-        let outcomes = write_batch(&mut self.connection, &entries).map_err(|error| {
+        let outcomes = write_batch(&mut self.connection, &entries);
+        self.committing.send_if_modified(|committing| {
+            std::mem::replace(committing, outcomes.is_ok()) != outcomes.is_ok()
+        });
+        let outcomes = outcomes.map_err(|error| {
             // Nothing in the batch was committed (the transaction rolled back), so each
             // caller hears so and may retry; the cause is a disk or database problem
             // shared by the whole batch, not something one request did.

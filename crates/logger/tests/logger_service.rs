@@ -826,3 +826,169 @@ fn python_client_logs_and_queries() {
     let target = format!("127.0.0.1:{}", server.port);
     testkit::run_python(&script, &[&target]).expect("python client passes");
 }
+
+// ---- Hostile and broken callers (issue 13) ----
+
+/// 100 followers that never read cost the logger a bounded amount of memory (each one's
+/// queue is bounded in bytes, not only in rows), and the memory goes back once they leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_followers_cost_bounded_memory() {
+    const FOLLOWERS: usize = 100;
+    const ROWS: usize = 200;
+    // Before the byte bound, each stuck follower held 64 rows of 60 KiB (~4 MiB): ~400 MiB.
+    // Without trimming, ~20 MiB above idle stayed held after they left.
+    const PEAK_BOUND_KIB: u64 = 160 * 1024;
+    const AFTER_BOUND_KIB: u64 = 12 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("logs.db");
+    let server = testkit::Launch::new(cargo_bin("logger_server"))
+        .args(["--addr", "127.0.0.1:0", "--db", db.to_str().expect("utf-8")])
+        .env("RUST_LOG", "warn")
+        .discard_stdout()
+        .start()
+        .expect("server starts");
+    let channel = grpc_suite::cli::connect(&server.url())
+        .await
+        .expect("connect");
+    let mut writer = LoggerServiceClient::new(channel.clone());
+    log(&mut writer, event("WARMUP", "x")).await;
+    let idle = server.memory().expect("memory");
+
+    let mut followers = Vec::new();
+    for _ in 0..FOLLOWERS {
+        // Each on its own connection, as separate stuck clients would be.
+        let channel = grpc_suite::cli::connect(&server.url())
+            .await
+            .expect("connect");
+        let mut client = LoggerServiceClient::new(channel);
+        let request = pb::LogFollowRequest {
+            backlog: 0,
+            event_type: String::new(),
+        };
+        let stream = tokio::time::timeout(TIMEOUT, client.follow_logs(request))
+            .await
+            .expect("in time")
+            .expect("following");
+        // Held, never read.
+        followers.push((client, stream));
+    }
+    let details = "d".repeat(60 * 1024);
+    for _ in 0..ROWS {
+        log(&mut writer, event("BIG", &details)).await;
+    }
+    // Let the followers' producers fill whatever they are allowed to hold.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let loaded = server.memory().expect("memory");
+    drop(followers);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = server.memory().expect("memory");
+    eprintln!(
+        "logger RSS: idle {} KiB, peak {} KiB, after {} KiB",
+        idle.rss_kib, loaded.peak_kib, after.rss_kib
+    );
+    assert!(
+        loaded.peak_kib < idle.rss_kib + PEAK_BOUND_KIB,
+        "peak {} KiB with {FOLLOWERS} stuck followers (idle {} KiB)",
+        loaded.peak_kib,
+        idle.rss_kib
+    );
+    assert!(
+        after.rss_kib < idle.rss_kib + AFTER_BOUND_KIB,
+        "{} KiB a few seconds after the followers left (idle {} KiB)",
+        after.rss_kib,
+        idle.rss_kib
+    );
+}
+
+/// While the database cannot commit (its disk is full) health says NOT_SERVING; once a
+/// commit succeeds again, SERVING. Needs a small tmpfs (root); elsewhere it says why it
+/// skipped.
+#[tokio::test]
+async fn health_follows_whether_commits_succeed() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(dir.path())
+        .output();
+    match &mounted {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => {
+            eprintln!(
+                "skipped: cannot mount a tmpfs ({})",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            return;
+        }
+        Err(error) => {
+            eprintln!("skipped: cannot run mount ({error})");
+            return;
+        }
+    }
+    /// Unmounts on every exit, a failed assertion included.
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    let filler = dir.path().join("filler");
+    std::fs::write(&filler, vec![0_u8; 300 * 1024]).expect("filler");
+    let (server, _) = start(&dir.path().join("logs.db"), 100).await;
+    let mut client = client(&server).await;
+    let mut health = HealthClient::new(server.channel().await);
+    let status = |health: &mut HealthClient<Channel>| {
+        let mut health = health.clone();
+        async move {
+            tokio::time::timeout(
+                TIMEOUT,
+                health.check(HealthCheckRequest {
+                    service: String::new(),
+                }),
+            )
+            .await
+            .expect("in time")
+            .expect("answered")
+            .into_inner()
+            .status()
+        }
+    };
+    assert_eq!(status(&mut health).await, ServingStatus::Serving);
+    let details = "f".repeat(60 * 1024);
+    let mut failed = false;
+    for _ in 0..100 {
+        let reply = tokio::time::timeout(TIMEOUT, client.log_activity(event("FILL", &details)))
+            .await
+            .expect("in time");
+        if reply.is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "the disk never filled");
+    // The health task runs on its own; give it a moment.
+    let mut seen = ServingStatus::Serving;
+    for _ in 0..50 {
+        seen = status(&mut health).await;
+        if seen == ServingStatus::NotServing {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, ServingStatus::NotServing);
+
+    std::fs::remove_file(&filler).expect("freeing space");
+    log(&mut client, event("AFTER", "space again")).await;
+    for _ in 0..50 {
+        seen = status(&mut health).await;
+        if seen == ServingStatus::Serving {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, ServingStatus::Serving);
+    server.stop().await.expect("stops");
+}

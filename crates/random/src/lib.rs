@@ -15,8 +15,8 @@ mod metrics;
 mod service;
 
 use grpc_suite::{
-    random::random_number_service_server::RandomNumberServiceServer, server::GrpcServer,
-    server::Listener,
+    random::random_number_service_server::RandomNumberServiceServer, server::GZIP,
+    server::GrpcServer, server::Listener,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -81,7 +81,11 @@ pub async fn serve_with(
     let service = service.ending_streams_on(shutdown.clone());
     server
         .track_tasks(service.task_tracker())
-        .add_service(RandomNumberServiceServer::new(service))
+        .add_service(
+            RandomNumberServiceServer::new(service)
+                .accept_compressed(GZIP)
+                .send_compressed(GZIP),
+        )
         .serve(listener, shutdown)
         .await
 }

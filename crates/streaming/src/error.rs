@@ -120,11 +120,8 @@ impl From<StreamingError> for Status {
             }
             E::ShuttingDown => Status::unavailable(error.to_string()),
             E::Inbound(status) => status,
-            E::Storage(cause) => {
-                // The OS's words stay in the server log; the client learns it was not stored.
-                tracing::error!(error = %cause, "upload storage failed");
-                Status::internal("the server could not store the file")
-            }
+            // Full disk, folder in the way, or internal; the OS's words stay in the log.
+            E::Storage(cause) => grpc_suite::storage::storage_status(&cause),
             E::Task(cause) => {
                 tracing::error!(error = %cause, "a server task failed");
                 Status::internal("the server failed while handling this request")

@@ -24,7 +24,7 @@ pub mod upload;
 use std::{num::NonZeroUsize, path::PathBuf};
 
 use grpc_suite::{
-    server::GrpcServer, server::Listener, storage::StorageDir,
+    server::GZIP, server::GrpcServer, server::Listener, storage::StorageDir,
     streaming::streaming_service_server::StreamingServiceServer,
 };
 use tokio_util::sync::CancellationToken;
@@ -77,9 +77,15 @@ impl Default for Config {
     }
 }
 
-/// Opens the upload folder (creating it), for the caller to report before serving.
+/// Opens the upload folder (creating it), for the caller to report before serving, and
+/// removes the unfinished files an earlier run of this server left there (logging how many).
 pub fn open_storage(config: &Config) -> std::io::Result<StorageDir> {
-    StorageDir::open(&config.upload_dir)
+    let storage = StorageDir::open(&config.upload_dir)?.owned_by("streaming");
+    // Files a killed server left half-written are never listed; without this they would
+    // pile up unseen across restarts.
+    let removed = storage.remove_stale_partials()?;
+    tracing::info!(removed, "removed unfinished files left by an earlier run");
+    Ok(storage)
 }
 
 /// Serves `service`, with health and reflection, until `shutdown` is cancelled; then ends
@@ -104,7 +110,9 @@ pub async fn serve_with(
         .track_tasks(service.task_tracker())
         .add_service(
             StreamingServiceServer::new(service.clone())
-                .max_decoding_message_size(MAX_MESSAGE_SIZE),
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .accept_compressed(GZIP)
+                .send_compressed(GZIP),
         )
         .serve(listener, shutdown.clone());
     // The server's drain waits for in-flight calls, and time and chat streams never end on

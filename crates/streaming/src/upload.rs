@@ -8,17 +8,29 @@
 //! cancelled call dropping the handler) therefore leaves nothing behind, and two uploads of
 //! one name each write their own temporary file and rename it into place atomically.
 
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
 use bytes::Bytes;
 use grpc_suite::{
     storage::{PendingFile, SafeFileName, StorageDir, safe_file_name},
     streaming as pb,
 };
 use sha2::{Digest as _, Sha256};
-use tokio::task::JoinHandle;
+use tokio::{task::JoinHandle, time::Sleep};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::Status;
 
 use crate::{StreamingError, activity::GaugeGuard};
+
+/// How long an upload may go without a byte of content before it is ended with
+/// DEADLINE_EXCEEDED: a client that stalls, or sends empty chunks for ever, would otherwise
+/// hold a temporary file, a call and its memory without end. Generous, so that a slow link
+/// or a client reading a slow disk is never cut off.
+pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the first chunk establishes for the whole upload, and the checks every chunk and
 /// the finished content must pass.
@@ -176,7 +188,7 @@ pub struct StoredUpload {
 /// Writing chunk N overlaps with receiving chunk N+1, so at most about two chunks are in
 /// memory whatever the file's size.
 pub async fn receive<S>(
-    mut chunks: S,
+    chunks: S,
     storage: &StorageDir,
     max_size: u64,
     counted: GaugeGuard,
@@ -184,6 +196,22 @@ pub async fn receive<S>(
 where
     S: Stream<Item = Result<pb::FileChunk, Status>> + Unpin,
 {
+    receive_with_idle_limit(chunks, storage, max_size, counted, UPLOAD_IDLE_TIMEOUT).await
+}
+
+/// [`receive`], ending the upload with DEADLINE_EXCEEDED (and nothing stored) once
+/// `idle_limit` passes without a byte of content.
+pub async fn receive_with_idle_limit<S>(
+    chunks: S,
+    storage: &StorageDir,
+    max_size: u64,
+    counted: GaugeGuard,
+    idle_limit: Duration,
+) -> Result<StoredUpload, StreamingError>
+where
+    S: Stream<Item = Result<pb::FileChunk, Status>> + Unpin,
+{
+    let mut chunks = IdleBounded::new(chunks, idle_limit);
     let first = next_chunk(&mut chunks, 0).await?;
     let plan = UploadPlan::from_first_chunk(&first, max_size)?;
     let sink = {
@@ -271,6 +299,59 @@ where
     match writing.take() {
         Some(write) => Ok(write.await??),
         None => Err(StreamingError::Incomplete { received }),
+    }
+}
+
+/// A chunk stream that fails with DEADLINE_EXCEEDED once `limit` passes without content:
+/// waiting counts, and so does a stream of empty chunks.
+struct IdleBounded<S> {
+    inner: S,
+    limit: Duration,
+    /// When the upload is idle for too long; pushed back by every chunk with content.
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<S> IdleBounded<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    fn idle_error(&self) -> Status {
+        Status::deadline_exceeded(format!(
+            "no upload data for {} s: the upload was ended and nothing was stored",
+            self.limit.as_secs_f64()
+        ))
+    }
+}
+
+impl<S> Stream for IdleBounded<S>
+where
+    S: Stream<Item = Result<pb::FileChunk, Status>> + Unpin,
+{
+    type Item = Result<pb::FileChunk, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_next(context) {
+            Poll::Ready(Some(Ok(chunk))) if !chunk.chunk_data.is_empty() => {
+                let next = tokio::time::Instant::now() + this.limit;
+                this.deadline.as_mut().reset(next);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            // An empty chunk (or the end, or an error) does not count as progress.
+            Poll::Ready(Some(Ok(_))) if this.deadline.is_elapsed() => {
+                Poll::Ready(Some(Err(this.idle_error())))
+            }
+            Poll::Ready(other) => Poll::Ready(other),
+            Poll::Pending => match this.deadline.as_mut().poll(context) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(this.idle_error()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -430,6 +511,67 @@ mod tests {
             let error = upload(&storage, chunks, 100).await.expect_err("refused");
             assert!(error.to_string().starts_with(expected), "{error}");
         }
+        assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    }
+
+    /// Uploads `chunks` then stalls for ever, or keeps sending empty chunks, with a short
+    /// idle limit; returns the outcome and how long it took.
+    async fn stalled_upload(
+        storage: &StorageDir,
+        empty_chunks_for_ever: bool,
+    ) -> (Result<StoredUpload, StreamingError>, Duration) {
+        let gauge = Gauge::default();
+        let start = tokio_stream::iter(vec![Ok(chunk("stall.bin", b"some data", false))]);
+        let tail: Pin<Box<dyn Stream<Item = Result<pb::FileChunk, Status>> + Send>> =
+            if empty_chunks_for_ever {
+                let (sender, receiver) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(async move {
+                    while sender.send(Ok(chunk("", b"", false))).await.is_ok() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                });
+                Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+            } else {
+                Box::pin(tokio_stream::pending())
+            };
+        let started = tokio::time::Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(20),
+            receive_with_idle_limit(
+                Box::pin(start.chain(tail)),
+                storage,
+                1000,
+                gauge.enter(),
+                Duration::from_millis(300),
+            ),
+        )
+        .await
+        .expect("the idle upload was never ended");
+        gauge.wait_until(|count| *count == 0).await;
+        (result, started.elapsed())
+    }
+
+    /// An upload that stops sending is ended with DEADLINE_EXCEEDED after the idle limit,
+    /// and leaves no file behind.
+    #[tokio::test]
+    async fn stalled_upload_is_ended_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = StorageDir::open(dir.path()).expect("storage");
+        let (result, took) = stalled_upload(&storage, false).await;
+        let status = Status::from(result.expect_err("ended"));
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        assert!(took >= Duration::from_millis(250), "ended early: {took:?}");
+        assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    }
+
+    /// Empty chunks are not progress: an upload that sends only those is ended too.
+    #[tokio::test]
+    async fn empty_chunks_for_ever_are_ended() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = StorageDir::open(dir.path()).expect("storage");
+        let (result, _) = stalled_upload(&storage, true).await;
+        let status = Status::from(result.expect_err("ended"));
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
         assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
     }
 }

@@ -70,7 +70,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let channel = args.connection.connect().await?;
+    let channel = args.connection.connect_with_deadline().await?;
     let command = args.command.map_or(Command::Demo, Command::from);
     file_service::client::run(channel, command, &mut std::io::stdout().lock()).await
 }

@@ -113,7 +113,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let token = grpc_suite::cli::read_token_file(path)?;
             args.connection.connect_with_token(&token).await?
         }
-        None => args.connection.connect().await?,
+        None => args.connection.connect_with_deadline().await?,
     };
     let command = Command::from(args.command);
     logger_service::client::run(channel, command, &mut std::io::stdout().lock()).await
