@@ -144,6 +144,19 @@ impl StorageDir {
         self
     }
 
+    /// What a server does with its folder at start: opens it (creating it) as `owner`'s,
+    /// and removes the unfinished files an earlier run left there, saying how many when
+    /// there were any. Files a killed server left half-written are never listed; without
+    /// this they would pile up unseen across restarts.
+    pub fn open_for_server(path: impl Into<PathBuf>, owner: &str) -> io::Result<Self> {
+        let storage = Self::open(path)?.owned_by(owner);
+        let removed = storage.remove_stale_partials()?;
+        if removed > 0 {
+            tracing::info!(removed, folder = %storage.absolute.display(), "removed unfinished files left by an earlier run");
+        }
+        Ok(storage)
+    }
+
     /// Removes this owner's temporary files, left by a server killed mid-write (they are
     /// never listed, so they would fill the disk unseen), and returns how many. Only for a
     /// server starting up: it would remove its own writes in progress. Without an owner

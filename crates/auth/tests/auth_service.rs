@@ -783,28 +783,37 @@ async fn session_flow_through_the_binaries() {
     let streamed = folder.path().join("streamed");
     let files = files.to_str().expect("utf-8");
     let streamed = streamed.to_str().expect("utf-8");
+    let server_log = folder.path().join("file_server.log");
     let servers = [
         ("file_server", vec!["--dir", files]),
         ("random_server", vec![]),
         ("streaming_server", vec!["--dir", streamed]),
     ]
     .map(|(binary, extra)| {
-        let mut args = vec!["--auth-url", auth_url.as_str()];
-        args.extend(extra);
-        testkit::ServerProcess::start(cargo_bin(binary), &args).expect("server starts")
+        testkit::Launch::new(cargo_bin(binary))
+            .args(["--addr", "127.0.0.1:0", "--auth-url", auth_url.as_str()])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stderr_to(folder.path().join(format!("{binary}.log")))
+            .start()
+            .expect("server starts")
     });
+    let upload = folder.path().join("report.txt");
+    std::fs::write(&upload, "from a session").expect("local file");
+    let upload = upload.to_str().expect("utf-8");
     let [file, random, streaming] = &servers;
+    let words = |args: &[&str]| args.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>();
     let calls = [
-        ("file_client", file.url(), vec!["hello", "Ada"]),
+        ("file_client", file.url(), words(&["write", upload])),
         (
             "random_client",
             random.url(),
-            vec!["--min", "1", "--max", "6", "--count", "2", "--delay", "0"],
+            words(&["--min", "1", "--max", "6", "--count", "2", "--delay", "0"]),
         ),
         (
             "streaming_client",
             streaming.url(),
-            vec!["time", "--count", "1"],
+            words(&["time", "--count", "1"]),
         ),
     ];
 
@@ -828,7 +837,7 @@ async fn session_flow_through_the_binaries() {
                     if let Some(session) = &session {
                         all.extend(["--session", session.as_str()]);
                     }
-                    all.extend(args.iter().copied());
+                    all.extend(args.iter().map(String::as_str));
                     (binary.to_string(), run_client(binary, &all))
                 })
                 .collect::<Vec<_>>()
@@ -844,6 +853,13 @@ async fn session_flow_through_the_binaries() {
         assert_eq!(code, 0, "{binary} with a live session: {stderr}");
         assert!(!stdout.is_empty(), "{binary} printed its answer");
     }
+    // The file service logs who wrote the file.
+    let log = std::fs::read_to_string(&server_log).expect("file_server log");
+    assert!(
+        log.lines()
+            .any(|line| line.contains("file written") && line.contains("user1")),
+        "the writer is logged: {log}"
+    );
 
     let (code, stdout, stderr) = tokio::task::spawn_blocking({
         let (auth_url, session) = (auth_url.clone(), session.clone());

@@ -50,12 +50,7 @@ impl Default for Config {
 /// Opens the upload folder (creating it), for the caller to report before serving, and
 /// removes the unfinished files an earlier run of this server left there (logging how many).
 pub fn open_storage(config: &Config) -> std::io::Result<StorageDir> {
-    let storage = StorageDir::open(&config.upload_dir)?.owned_by("file");
-    // Files a killed server left half-written are never listed; without this they would
-    // pile up unseen across restarts.
-    let removed = storage.remove_stale_partials()?;
-    tracing::info!(removed, "removed unfinished files left by an earlier run");
-    Ok(storage)
+    StorageDir::open_for_server(&config.upload_dir, "file")
 }
 
 /// Serves the file service, with health and reflection, until `shutdown` is cancelled.

@@ -75,6 +75,11 @@ impl pb::file_service_server::FileService for FileService {
         &self,
         request: Request<pb::FileRequest>,
     ) -> Result<Response<pb::FileResponse>, Status> {
+        // Who wrote it, when the server requires sessions (--auth-url); absent when open.
+        let writer = request
+            .extensions()
+            .get::<grpc_suite::session_guard::Caller>()
+            .map(|caller| caller.username.clone());
         let pb::FileRequest { filename, content } = request.into_inner();
         let name = safe_file_name(&filename).map_err(FileServiceError::from)?;
         if content.len() > self.max_file_size {
@@ -90,7 +95,7 @@ impl pb::file_service_server::FileService for FileService {
         run_blocking(move || storage.write_atomic(&target, &content))
             .await?
             .map_err(FileServiceError::from)?;
-        tracing::info!(file = %name, size, "file written");
+        tracing::info!(file = %name, size, writer = %writer.as_deref().unwrap_or("-"), "file written");
         Ok(Response::new(pb::FileResponse {
             success: true,
             message: format!("File {name} written successfully"),
