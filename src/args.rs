@@ -46,6 +46,13 @@ pub struct ServerArgs {
     /// Also require client certificates signed by this CA (mutual TLS); needs --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics at GET /metrics on this address, HOST:PORT (plain HTTP, a
+    /// port of its own); off when not given.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+    /// How log lines are written to stderr: text, or one JSON object per line.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = crate::cli::LogFormat::Text)]
+    pub log_format: crate::cli::LogFormat,
 }
 
 /// Flags every client takes to reach its server. `--server` may stand before or after a
@@ -59,7 +66,12 @@ pub struct ClientArgs {
     #[arg(long, global = true, value_name = "PEM")]
     pub ca_cert: Option<PathBuf>,
     /// Present this client certificate (PEM) to the server (mutual TLS); needs --tls-key.
-    #[arg(long = "tls-cert", id = "client_cert", global = true, value_name = "PEM")]
+    #[arg(
+        long = "tls-cert",
+        id = "client_cert",
+        global = true,
+        value_name = "PEM"
+    )]
     pub client_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
     #[arg(long = "tls-key", id = "client_key", global = true, value_name = "PEM")]
@@ -88,6 +100,8 @@ pub fn command<A: CommandFactory>(service: Service) -> clap::Command {
         ("tls_cert", "TLS_CERT"),
         ("tls_key", "TLS_KEY"),
         ("tls_client_ca", "TLS_CLIENT_CA"),
+        ("metrics_addr", "METRICS_ADDR"),
+        ("log_format", "LOG_FORMAT"),
         ("server", "URL"),
         ("ca_cert", "CA_CERT"),
         ("client_cert", "CLIENT_CERT"),
@@ -164,8 +178,12 @@ impl ServerArgs {
             .local_addr()
             .context("reading the bound address")?
             .port();
+        let metrics = match &self.metrics_addr {
+            Some(address) => Some(crate::metrics::bind(address).await?),
+            None => None,
+        };
         println!("{title} started on port {port}");
-        Ok(Listener::with_tls(listener, tls))
+        Ok(Listener::with_tls(listener, tls).with_metrics(metrics))
     }
 }
 
@@ -294,7 +312,10 @@ mod tests {
         assert!(server_url("ftp://host:1").is_err());
         assert!(server_url("http://").is_err());
         assert!(server_url("host with space:1").is_err());
-        assert_eq!(server_url("127.0.0.1:9").as_deref(), Ok("http://127.0.0.1:9"));
+        assert_eq!(
+            server_url("127.0.0.1:9").as_deref(),
+            Ok("http://127.0.0.1:9")
+        );
     }
 
     /// A server binds a host name, not only an IP literal, and announces the real port.
@@ -306,6 +327,8 @@ mod tests {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            metrics_addr: None,
+            log_format: crate::cli::LogFormat::Text,
         };
         let listener = args.bind_announced("Test Service").await.expect("binds");
         assert!(listener.local_addr().expect("address").ip().is_loopback());

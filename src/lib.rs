@@ -9,6 +9,7 @@
 //!   fix-up and graceful shutdown.
 //! - [`args`]: the flags every server and every client takes, defined once.
 //! - [`cli`]: what every binary's `main` shares: tracing setup, exit codes, connecting.
+//! - [`metrics`]: Prometheus metrics (per call and per service) and their `/metrics` endpoint.
 //! - [`gauge`]: a live, awaitable count of in-flight work, for observing that it stopped.
 //! - [`tls`]: checked TLS files for servers and clients, and the endpoint every client dials.
 //! - [`storage`]: the rules for client-supplied file names and atomic file writes, used by
@@ -21,6 +22,7 @@ pub mod args;
 pub mod cli;
 pub mod gauge;
 pub mod group_commit;
+pub mod metrics;
 pub mod server;
 pub mod storage;
 pub mod tls;

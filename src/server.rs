@@ -3,6 +3,8 @@
 //! a readable status for over-limit requests, and graceful shutdown with a bounded drain
 //! after which nothing of the server runs on: no connection, no task its services spawned.
 
+mod call_log;
+mod call_metrics;
 mod connections;
 
 use std::{convert::Infallible, pin::pin, time::Duration};
@@ -41,12 +43,27 @@ const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 pub struct Listener {
     tcp: TcpListener,
     tls: Option<ServerTls>,
+    /// Where to serve `GET /metrics` (plain HTTP), if anywhere. Carried with the gRPC socket
+    /// so that a binary's `--metrics-addr` reaches the server without passing through each
+    /// service's library.
+    metrics: Option<TcpListener>,
 }
 
 impl Listener {
     /// A bound socket that serves TLS (mutual TLS when `tls` names a client CA).
     pub fn with_tls(tcp: TcpListener, tls: Option<ServerTls>) -> Self {
-        Self { tcp, tls }
+        Self {
+            tcp,
+            tls,
+            metrics: None,
+        }
+    }
+
+    /// Also serves Prometheus metrics at `GET /metrics` on `metrics` (plain HTTP), and
+    /// records every call in them.
+    pub fn with_metrics(mut self, metrics: Option<TcpListener>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The bound address.
@@ -57,7 +74,7 @@ impl Listener {
 
 impl From<TcpListener> for Listener {
     fn from(tcp: TcpListener) -> Self {
-        Self { tcp, tls: None }
+        Self::with_tls(tcp, None)
     }
 }
 
@@ -145,7 +162,11 @@ impl GrpcServer {
         listener: impl Into<Listener>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let Listener { tcp: listener, tls } = listener.into();
+        let Listener {
+            tcp: listener,
+            tls,
+            metrics,
+        } = listener.into();
         let local_addr = listener
             .local_addr()
             .context("reading the listener's address")?;
@@ -183,6 +204,16 @@ impl GrpcServer {
             .add_service(reflection_v1alpha);
         let routes: Routes = routes.routes();
 
+        // Built here, while the service names are at hand; used in the layer stack below.
+        let call_metrics = metrics.as_ref().map(|_| {
+            let descriptor_sets = [
+                crate::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ];
+            let mut measured = self.service_names.clone();
+            measured.push(HEALTH_SERVICE);
+            call_metrics::CallMetricsLayer::new(&descriptor_sets, &measured)
+        });
         let service_names = self.service_names;
         let signal = {
             let shutdown = shutdown.clone();
@@ -209,16 +240,30 @@ impl GrpcServer {
         if let Some(tls) = &tls {
             // The handshake runs on the connection's own task, bounded by the TLS config's
             // timeout, so a peer that never finishes it cannot hold up accepting others.
-            builder = builder
-                .tls_config(tls.config())
-                .context("setting up TLS")?;
+            builder = builder.tls_config(tls.config()).context("setting up TLS")?;
         }
-        let server = builder
+        // ---- the layers every call passes, outermost first ----
+        // 1. One log line per finished call; outermost, so its duration covers the others.
+        // 2. Per-call metrics, only when metrics are served: off, a call pays nothing.
+        // 3. The oversized-request status fix-up, innermost, so the log and the metrics see
+        //    the code the client gets.
+        let layers = tower::ServiceBuilder::new()
+            .layer(call_log::layer())
+            .option_layer(call_metrics)
             .layer(tower::util::MapResponseLayer::new(
                 relabel_oversized_request::<Body>,
-            ))
+            ));
+        let server = builder
+            .layer(layers)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal);
+        // The metrics endpoint runs beside gRPC on its own socket and task, and stops with
+        // the same token; it is awaited below with the services' tasks.
+        let metrics_endpoint = TaskTracker::new();
+        if let Some(metrics) = metrics {
+            metrics_endpoint.spawn(crate::metrics::serve(metrics, shutdown.clone()));
+        }
+        // ---- end of the layers ----
         let transport = match &tls {
             None => "plaintext",
             Some(tls) if tls.is_mutual() => "mutual TLS",
@@ -267,7 +312,9 @@ impl GrpcServer {
         }
         // After the connections: a producer blocked on a client that stopped reading ends
         // only once its connection, and with it its response stream, is gone.
-        wait_for_tasks(&self.task_trackers).await;
+        let mut trackers = self.task_trackers;
+        trackers.push(metrics_endpoint);
+        wait_for_tasks(&trackers).await;
         tracing::info!("server stopped");
         served
     }

@@ -8,8 +8,8 @@
 
 use std::{
     io::Write,
-    sync::Arc,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -497,4 +497,3 @@ async fn read_chunks(
     let _ = chunks.send(last).await;
     Ok(())
 }
-
