@@ -4,7 +4,8 @@
 //! serves them as text at `GET /metrics`.
 //!
 //! Services record where the event happens, in one line:
-//! `grpc_suite::metrics::CHAT_MEMBERS.inc()`. The families are process-wide statics, as
+//! `grpc_suite::metrics::CHAT_MEMBERS_CUT_OFF.inc()`; a live count kept by a
+//! [`Gauge`](crate::gauge::Gauge) is exported with [`Gauge::exported`](crate::gauge::Gauge::exported). The families are process-wide statics, as
 //! go-grpc-prometheus's are: a process runs one server, and a test that starts several in
 //! one process asserts on increases, not absolute values. A family shows in the output
 //! from its first use, so each server exports only its own.
@@ -226,29 +227,24 @@ pub static AUTH_OUTBOX_OLDEST_AGE_SECONDS: LazyLock<Gauge> = LazyLock::new(|| {
     ))
 });
 
-/// Keeps a gauge one higher for its own lifetime, so a gauge of live things cannot drift
-/// when the code between entering and leaving returns early or panics.
+/// Keeps a gauge one higher for its own lifetime, so the count cannot drift when the work
+/// between entering and leaving returns early with an error or its task is dropped.
 #[derive(Debug)]
 #[must_use = "the gauge falls back when this is dropped"]
-pub struct GaugeGuard(IntGauge);
+pub struct Live(IntGauge);
 
-impl GaugeGuard {
+impl Live {
     /// Raises `gauge` by one until the guard is dropped.
-    pub fn enter(gauge: &IntGauge) -> Self {
+    pub fn enter(gauge: IntGauge) -> Self {
         gauge.inc();
-        Self(gauge.clone())
+        Self(gauge)
     }
 }
 
-impl Drop for GaugeGuard {
+impl Drop for Live {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-/// Times a block into a histogram: `let _timer = metrics::time(&LOGGER_COMMIT_SECONDS);`.
-pub fn time(histogram: &Histogram) -> prometheus::HistogramTimer {
-    histogram.start_timer()
 }
 
 /// Everything in the registry, in the Prometheus text format (version 0.0.4).
@@ -367,16 +363,16 @@ mod tests {
         GRPC_MSG_SENT
             .with_label_values(&["unary", "t.T", "M"])
             .inc();
-        let _member = GaugeGuard::enter(&CHAT_MEMBERS);
+        CHAT_MEMBERS.set(1);
         CHAT_MESSAGES_FANNED_OUT.inc();
         CHAT_MEMBERS_CUT_OFF.inc();
         UPLOADS_IN_FLIGHT.with_label_values(&["file"]).inc();
         UPLOAD_BYTES_STORED.with_label_values(&["file"]).inc_by(3);
         RANDOM_STREAMS_OPEN.inc();
         LOGGER_COMMIT_BATCH_ROWS.observe(3.0);
-        drop(time(&LOGGER_COMMIT_SECONDS));
+        drop(LOGGER_COMMIT_SECONDS.start_timer());
         LOGGER_ROWS_STORED.inc();
-        LOGGER_FOLLOWERS.inc();
+        let _follower = Live::enter(LOGGER_FOLLOWERS.clone());
         AUTH_LOGINS.with_label_values(&["success"]).inc();
         AUTH_SESSIONS_LIVE.inc();
         AUTH_OUTBOX_BACKLOG.set(2);

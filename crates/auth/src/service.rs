@@ -103,6 +103,9 @@ impl pb::auth_service_server::AuthService for AuthService {
             );
             self.outbox.record(event).await.map_err(AuthError::from)?;
             tracing::info!(%username, "login refused");
+            grpc_suite::metrics::AUTH_LOGINS
+                .with_label_values(&["refused"])
+                .inc();
             return Ok(answer(false, LOGIN_REFUSED, String::new()));
         }
         let session_id = self.sessions.start(&username, Instant::now());
@@ -113,6 +116,9 @@ impl pb::auth_service_server::AuthService for AuthService {
             return Err(AuthError::from(error).into());
         }
         tracing::info!(%username, %session_id, "logged in");
+        grpc_suite::metrics::AUTH_LOGINS
+            .with_label_values(&["success"])
+            .inc();
         Ok(answer(true, LOGIN_OK, session_id.to_string()))
     }
 

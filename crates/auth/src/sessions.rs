@@ -44,6 +44,7 @@ impl SessionStore {
             expires_at: now + self.ttl,
         };
         self.lock().insert(id, session);
+        grpc_suite::metrics::AUTH_SESSIONS_LIVE.set(self.len() as i64);
         id
     }
 
@@ -51,6 +52,7 @@ impl SessionStore {
     /// (an expired one is removed either way).
     pub fn end(&self, id: &Uuid, now: Instant) -> Option<String> {
         let session = self.lock().remove(id)?;
+        grpc_suite::metrics::AUTH_SESSIONS_LIVE.set(self.len() as i64);
         (session.expires_at > now).then_some(session.username)
     }
 
@@ -59,6 +61,7 @@ impl SessionStore {
         let mut sessions = self.lock();
         let before = sessions.len();
         sessions.retain(|_, session| session.expires_at > now);
+        grpc_suite::metrics::AUTH_SESSIONS_LIVE.set(sessions.len() as i64);
         before - sessions.len()
     }
 

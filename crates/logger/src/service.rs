@@ -142,7 +142,12 @@ impl pb::logger_service_server::LoggerService for LoggerService {
             sender,
             shutdown: self.shutdown.clone(),
         };
-        self.tasks.spawn(follower.run(backlog_rows, live));
+        let counted =
+            grpc_suite::metrics::Live::enter(grpc_suite::metrics::LOGGER_FOLLOWERS.clone());
+        self.tasks.spawn(async move {
+            follower.run(backlog_rows, live).await;
+            drop(counted)
+        });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
