@@ -265,8 +265,10 @@ const SCRAPE_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Any other path is 404. Errors of one connection are logged and never stop the endpoint,
 /// and nothing here shares a task or a socket with gRPC.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
-    let local_addr = listener.local_addr().ok();
-    tracing::info!(?local_addr, "serving metrics at /metrics");
+    match listener.local_addr() {
+        Ok(local_addr) => tracing::info!(%local_addr, "serving metrics at /metrics"),
+        Err(error) => tracing::warn!(%error, "serving metrics at /metrics, address unknown"),
+    }
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
