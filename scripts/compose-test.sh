@@ -59,6 +59,31 @@ wait_healthy() {
 wait_healthy
 ok "all five services healthy"
 
+step "image size"
+image_bytes=$(docker image inspect -f '{{.Size}}' grpc-suite:latest)
+echo "image grpc-suite:latest: $((image_bytes / 1000000)) MB"
+[ "$image_bytes" -lt 60000000 ] || fail "the image is $((image_bytes / 1000000)) MB, over 60 MB"
+ok "image under 60 MB"
+
+step "metrics"
+# Each container serves Prometheus text on :9100 (docker-compose.yml); scraped from the host
+# over the compose network, since the image carries no HTTP client.
+scrape() {
+  python3 - "$1" <<'PY'
+import sys, urllib.request
+print(urllib.request.urlopen(f"http://{sys.argv[1]}:9100/metrics", timeout=5).read().decode())
+PY
+}
+for service in file-service random-service streaming-service logger-service auth-service; do
+  ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$(compose ps -q "$service")")
+  scrape "$ip" >"$work/$service.metrics" || fail "scraping $service's metrics"
+  grep -q '^grpc_server_handled_total{' "$work/$service.metrics" || fail "$service: no grpc_server_handled_total"
+  if command -v promtool >/dev/null; then
+    promtool check metrics <"$work/$service.metrics" || fail "$service: promtool check metrics"
+  fi
+done
+ok "every container serves /metrics (health checks already counted there)"
+
 url() { echo "http://127.0.0.1:$1"; }
 
 step "file service"

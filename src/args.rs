@@ -68,6 +68,13 @@ pub struct ServerArgs {
     #[arg(long, value_name = "N", default_value_t = server::DEFAULT_MAX_STREAMS_PER_CONNECTION,
         value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,
+    /// Serve Prometheus metrics at GET /metrics on this address, HOST:PORT (plain HTTP, a
+    /// port of its own); off when not given.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+    /// How log lines are written to stderr: text, or one JSON object per line.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = crate::cli::LogFormat::Text)]
+    pub log_format: crate::cli::LogFormat,
 }
 
 /// Flags of the servers that can require sessions (file, random, streaming): where the
@@ -174,6 +181,8 @@ pub fn command<A: CommandFactory>(service: Service) -> clap::Command {
         ("keepalive_timeout", "KEEPALIVE_TIMEOUT"),
         ("max_connections", "MAX_CONNECTIONS"),
         ("max_streams_per_connection", "MAX_STREAMS_PER_CONNECTION"),
+        ("metrics_addr", "METRICS_ADDR"),
+        ("log_format", "LOG_FORMAT"),
         ("server", "URL"),
         ("ca_cert", "CA_CERT"),
         ("client_cert", "CLIENT_CERT"),
@@ -263,8 +272,14 @@ impl ServerArgs {
             .local_addr()
             .context("reading the bound address")?
             .port();
+        let metrics = match &self.metrics_addr {
+            Some(address) => Some(crate::metrics::bind(address).await?),
+            None => None,
+        };
         println!("{title} started on port {port}");
-        Ok(Listener::with_tls(listener, tls).with_limits(self.limits()))
+        Ok(Listener::with_tls(listener, tls)
+            .with_limits(self.limits())
+            .with_metrics(metrics))
     }
 }
 
@@ -454,6 +469,8 @@ mod tests {
             keepalive_timeout: Duration::from_secs(1),
             max_connections: 1,
             max_streams_per_connection: 1,
+            metrics_addr: None,
+            log_format: crate::cli::LogFormat::Text,
         };
         let listener = args.bind_announced("Test Service").await.expect("binds");
         assert!(listener.local_addr().expect("address").ip().is_loopback());

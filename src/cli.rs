@@ -18,13 +18,34 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Installs the `tracing` subscriber for a binary: human-readable lines on stderr, filtered
 /// by `RUST_LOG` (default `info` for servers, `warn` for clients, via `default_filter`).
 pub fn init_tracing(default_filter: &str) {
+    init_tracing_with(default_filter, LogFormat::Text);
+}
+
+/// How a server writes its log lines (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// [`init_tracing`] in the given format. Colour codes only when stderr is a terminal: piped
+/// output and container logs get plain text.
+pub fn init_tracing_with(default_filter: &str, format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    // A second call (tests calling a binary's `run` twice) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
-        .try_init();
+        .with_ansi(io::stderr().is_terminal());
+    // A second call (tests calling a binary's `run` twice) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// Turns a binary's result into its exit code: success is 0; an error is printed once as

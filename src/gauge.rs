@@ -1,7 +1,8 @@
 //! A live count of in-flight work (streams, uploads, chat members) that tests and operators
 //! can read or await, so "the server stopped working for a client that left" is observed,
 //! not slept on. A [`GaugeGuard`] lives inside the task or file it counts, so the gauge
-//! falls back only once that work has really ended.
+//! falls back only once that work has really ended. A gauge can also mirror its count into a
+//! Prometheus gauge of [`crate::metrics`], so operators see the same figure.
 
 use std::sync::Arc;
 
@@ -13,14 +14,28 @@ pub struct Gauge {
     /// A watch channel rather than an atomic, so a waiter is woken on each change instead
     /// of polling. Shared: the service, its tasks and observers all hold the same gauge.
     count: Arc<watch::Sender<usize>>,
+    /// The Prometheus gauge that follows this count, if any.
+    exported: Option<prometheus::IntGauge>,
 }
 
 impl Gauge {
+    /// A gauge whose count `metric` follows too (every guard raises both).
+    pub fn exported(metric: prometheus::IntGauge) -> Self {
+        Self {
+            count: Arc::default(),
+            exported: Some(metric),
+        }
+    }
+
     /// Counts one more live thing until the returned guard is dropped.
     pub fn enter(&self) -> GaugeGuard {
         self.count.send_modify(|count| *count += 1);
+        if let Some(metric) = &self.exported {
+            metric.inc();
+        }
         GaugeGuard {
             count: Arc::clone(&self.count),
+            exported: self.exported.clone(),
         }
     }
 
@@ -44,12 +59,16 @@ impl Gauge {
 #[derive(Debug)]
 pub struct GaugeGuard {
     count: Arc<watch::Sender<usize>>,
+    exported: Option<prometheus::IntGauge>,
 }
 
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.count
             .send_modify(|count| *count = count.saturating_sub(1));
+        if let Some(metric) = &self.exported {
+            metric.dec();
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //! a readable status for over-limit requests, and graceful shutdown with a bounded drain
 //! after which nothing of the server runs on: no connection, no task its services spawned.
 
+mod call_log;
+mod call_metrics;
 mod connections;
 
 use std::{convert::Infallible, pin::pin, time::Duration};
@@ -101,6 +103,10 @@ pub struct Listener {
     tls: Option<ServerTls>,
     guard: Option<SessionGuard>,
     limits: ConnectionLimits,
+    /// Where to serve `GET /metrics` (plain HTTP), if anywhere. Carried with the gRPC socket
+    /// so that a binary's `--metrics-addr` reaches the server without passing through each
+    /// service's library.
+    metrics: Option<TcpListener>,
 }
 
 impl Listener {
@@ -111,6 +117,7 @@ impl Listener {
             tls,
             guard: None,
             limits: ConnectionLimits::default(),
+            metrics: None,
         }
     }
 
@@ -123,6 +130,13 @@ impl Listener {
     /// The same listener, granting connections `limits` instead of the defaults.
     pub fn with_limits(mut self, limits: ConnectionLimits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Also serves Prometheus metrics at `GET /metrics` on `metrics` (plain HTTP), and
+    /// records every call in them.
+    pub fn with_metrics(mut self, metrics: Option<TcpListener>) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -238,6 +252,7 @@ impl GrpcServer {
             tls,
             guard,
             limits,
+            metrics,
         } = listener.into();
         let local_addr = listener
             .local_addr()
@@ -277,6 +292,16 @@ impl GrpcServer {
         let routes: Routes = routes.routes();
 
         let service_names_for_health = self.service_names.clone();
+        // Built here, while the service names are at hand; used in the layer stack below.
+        let call_metrics = metrics.as_ref().map(|_| {
+            let descriptor_sets = [
+                crate::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ];
+            let mut measured = self.service_names.clone();
+            measured.push(HEALTH_SERVICE);
+            call_metrics::CallMetricsLayer::new(&descriptor_sets, &measured)
+        });
         let service_names = self.service_names;
         let follow_reporter = health_reporter.clone();
         let signal = {
@@ -324,13 +349,31 @@ impl GrpcServer {
             // timeout, so a peer that never finishes it cannot hold up accepting others.
             builder = builder.tls_config(tls.config()).context("setting up TLS")?;
         }
-        let server = builder
+        // ---- the layers every call passes, outermost first ----
+        // 1. One log line per finished call; outermost, so its duration covers the others.
+        // 2. Per-call metrics, only when metrics are served: off, a call pays nothing.
+        // 3. The oversized-request status fix-up, so the log and the metrics see the code
+        //    the client gets.
+        // 4. The session guard (--auth-url), innermost: its refusals are logged and counted
+        //    like any other answer.
+        let layers = tower::ServiceBuilder::new()
+            .layer(call_log::layer())
+            .option_layer(call_metrics)
             .layer(tower::util::MapResponseLayer::new(
                 relabel_oversized_request::<Body>,
             ))
-            .layer(tower::util::option_layer(guard.map(SessionGuardLayer)))
+            .option_layer(guard.map(SessionGuardLayer));
+        let server = builder
+            .layer(layers)
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, signal);
+        // The metrics endpoint runs beside gRPC on its own socket and task, and stops with
+        // the same token; it is awaited below with the services' tasks.
+        let metrics_endpoint = TaskTracker::new();
+        if let Some(metrics) = metrics {
+            metrics_endpoint.spawn(crate::metrics::serve(metrics, shutdown.clone()));
+        }
+        // ---- end of the layers ----
         let transport = match &tls {
             None => "plaintext",
             Some(tls) if tls.is_mutual() => "mutual TLS",
@@ -430,6 +473,7 @@ impl GrpcServer {
         stop_trimming.cancel();
         let mut trackers = self.task_trackers;
         trackers.push(trimming);
+        trackers.push(metrics_endpoint);
         wait_for_tasks(&trackers).await;
         tracing::info!("server stopped");
         served

@@ -212,7 +212,11 @@ impl Outbox {
 
     async fn submit(&self, entry: Entry) -> Result<(), OutboxError> {
         match self.writes.submit(entry).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // Counted here between delivery's reads, which set the exact figure.
+                grpc_suite::metrics::AUTH_OUTBOX_BACKLOG.inc();
+                Ok(())
+            }
             Err(SubmitError::Commit(error)) => Err(error),
             Err(SubmitError::Stopped) => Err(OutboxError::Closed),
             Err(unanswered @ SubmitError::Unanswered) => {
@@ -251,17 +255,22 @@ impl Outbox {
             logger,
             token,
             shutdown,
+            outage: None,
         };
         loop {
             let read = run_blocking(move || {
                 let batch = read_batch(&reader, DELIVERY_BATCH);
-                (reader, batch)
+                let backlog = count_pending(&reader);
+                (reader, batch, backlog)
             })
             .await;
-            let Ok((connection, batch)) = read else {
+            let Ok((connection, batch, backlog)) = read else {
                 return;
             };
             reader = connection;
+            if let Ok(backlog) = backlog {
+                grpc_suite::metrics::AUTH_OUTBOX_BACKLOG.set(backlog);
+            }
             let batch = match batch {
                 Ok(batch) => batch,
                 Err(error) => {
@@ -273,6 +282,9 @@ impl Outbox {
                 }
             };
             let Some(&(last_seq, _)) = batch.last() else {
+                // Caught up: nothing is waiting, and an outage that ended is over for good.
+                grpc_suite::metrics::AUTH_OUTBOX_OLDEST_AGE_SECONDS.set(0.0);
+                delivery.report_caught_up();
                 tokio::select! {
                     () = self.committed.notified() => continue,
                     () = delivery.shutdown.cancelled() => return,
@@ -308,6 +320,21 @@ struct Delivery {
     /// The `authorization` value every delivery carries, if the logger guards writes.
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     shutdown: CancellationToken,
+    /// Set while the logger is failing, and until the events queued meanwhile are out: an
+    /// outage gets one warning when it starts and one info line once it is over, not a
+    /// warning per retry for as long as it lasts.
+    outage: Option<Outage>,
+}
+
+/// A period in which delivery failed.
+#[derive(Debug)]
+struct Outage {
+    /// The first failure.
+    since: tokio::time::Instant,
+    /// The first success after the last failure, once there is one.
+    recovered_at: Option<tokio::time::Instant>,
+    /// Events delivered since `recovered_at`.
+    delivered: u64,
 }
 
 impl Delivery {
@@ -321,6 +348,10 @@ impl Delivery {
         };
         let mut backoff = FIRST_BACKOFF;
         loop {
+            // The event being sent is the oldest undelivered one; refreshed on every retry,
+            // so the figure grows for as long as the logger is down.
+            grpc_suite::metrics::AUTH_OUTBOX_OLDEST_AGE_SECONDS
+                .set(age_seconds(&request.timestamp));
             let mut call = tonic::Request::new(request.clone());
             if let Some(token) = &self.token {
                 call.metadata_mut().insert("authorization", token.clone());
@@ -331,26 +362,76 @@ impl Delivery {
                 () = self.shutdown.cancelled() => return false,
             };
             match outcome {
-                Ok(Ok(reply)) if reply.get_ref().logged => return true,
-                Ok(Ok(_)) => {
-                    tracing::warn!(event_id = %request.event_id, "logger did not log the event; retrying")
+                Ok(Ok(reply)) if reply.get_ref().logged => {
+                    self.delivered();
+                    return true;
                 }
+                Ok(Ok(_)) => self.failed("the logger did not log the event"),
                 Ok(Err(status)) if status.code() == Code::InvalidArgument => {
                     // Retrying cannot fix a refused event, and holding it would stop every
                     // later one: record the loss loudly and move on.
                     tracing::error!(event_id = %request.event_id, reason = status.message(), "logger refused an audit event; dropping it");
                     return true;
                 }
-                Ok(Err(status)) => {
-                    tracing::warn!(code = ?status.code(), reason = status.message(), ?backoff, "logger unavailable; will retry")
-                }
-                Err(_) => tracing::warn!(?backoff, "logger did not answer in time; will retry"),
+                Ok(Err(status)) => self.failed(&format!(
+                    "the logger answered {}: {}",
+                    grpc_suite::cli::code_name(status.code()),
+                    status.message()
+                )),
+                Err(_) => self.failed("the logger did not answer in time"),
             }
             if !self.pause(backoff).await {
                 return false;
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// Notes a failed attempt: the first of an outage is a warning, the rest are debug.
+    fn failed(&mut self, reason: &str) {
+        match &mut self.outage {
+            None => {
+                tracing::warn!(
+                    reason,
+                    "audit delivery to the logger is failing; events wait in the outbox and are retried"
+                );
+                self.outage = Some(Outage {
+                    since: tokio::time::Instant::now(),
+                    recovered_at: None,
+                    delivered: 0,
+                });
+            }
+            Some(outage) => {
+                // Still the same outage: a success since then was a blip, not the end.
+                outage.recovered_at = None;
+                outage.delivered = 0;
+                tracing::debug!(reason, "audit delivery still failing");
+            }
+        }
+    }
+
+    /// Notes a delivered event, counting it toward the outage being caught up on.
+    fn delivered(&mut self) {
+        if let Some(outage) = &mut self.outage {
+            outage
+                .recovered_at
+                .get_or_insert_with(tokio::time::Instant::now);
+            outage.delivered += 1;
+        }
+    }
+
+    /// The outbox is empty: if an outage ended, one line says how long it lasted and how
+    /// many events were delivered since.
+    fn report_caught_up(&mut self) {
+        let Some(outage) = self.outage.take_if(|outage| outage.recovered_at.is_some()) else {
+            return;
+        };
+        let recovered_at = outage.recovered_at.unwrap_or(outage.since);
+        tracing::info!(
+            delivered = outage.delivered,
+            outage = ?recovered_at.duration_since(outage.since),
+            "audit delivery recovered; the outbox is empty again"
+        );
     }
 
     /// Sleeps, unless shutdown comes first (then false).
@@ -416,6 +497,21 @@ fn insert_all(connection: &mut Connection, entries: &[Entry]) -> rusqlite::Resul
         }
     }
     transaction.commit()
+}
+
+/// How many events wait in the outbox.
+fn count_pending(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.query_row("SELECT COUNT(*) FROM outbox", [], |row| row.get(0))
+}
+
+/// Seconds since `timestamp` (local time in [`wire_time::LOG_TIMESTAMP`]); 0 if unreadable.
+fn age_seconds(timestamp: &str) -> f64 {
+    chrono::NaiveDateTime::parse_from_str(timestamp, wire_time::LOG_TIMESTAMP)
+        .map(|then| {
+            let age = chrono::Local::now().naive_local() - then;
+            (age.num_milliseconds() as f64 / 1000.0).max(0.0)
+        })
+        .unwrap_or(0.0)
 }
 
 fn read_batch(connection: &Connection, limit: usize) -> rusqlite::Result<Vec<(i64, AuditEvent)>> {

@@ -136,6 +136,9 @@ impl pb::auth_service_server::AuthService for AuthService {
             );
             self.outbox.record(event).await.map_err(AuthError::from)?;
             tracing::info!(%username, "login refused");
+            grpc_suite::metrics::AUTH_LOGINS
+                .with_label_values(&["refused"])
+                .inc();
             return Ok(answer(false, LOGIN_REFUSED, String::new()));
         }
         self.throttle.record_success(&username, address);
@@ -154,6 +157,9 @@ impl pb::auth_service_server::AuthService for AuthService {
             .map_err(AuthError::from)?;
         self.sessions.insert(session_id, session);
         tracing::info!(%username, %session_id, "logged in");
+        grpc_suite::metrics::AUTH_LOGINS
+            .with_label_values(&["success"])
+            .inc();
         Ok(answer(true, LOGIN_OK, session_id.to_string()))
     }
 

@@ -54,7 +54,9 @@ impl SessionStore {
 
     /// Keeps a session (a new one, or one loaded from disk at start).
     pub fn insert(&self, id: Uuid, session: Session) {
-        self.lock().insert(id, session);
+        let mut sessions = self.lock();
+        sessions.insert(id, session);
+        live_gauge(sessions.len());
     }
 
     /// The live session `id`, if any at `now`.
@@ -67,9 +69,10 @@ impl SessionStore {
 
     /// Ends session `id`, returning it if it was live at `now`.
     pub fn end(&self, id: &Uuid, now: SystemTime) -> Option<Session> {
-        self.lock()
-            .remove(id)
-            .filter(|session| session.expires_at > now)
+        let mut sessions = self.lock();
+        let session = sessions.remove(id);
+        live_gauge(sessions.len());
+        session.filter(|session| session.expires_at > now)
     }
 
     /// Removes every session expired at `now`; returns how many.
@@ -77,6 +80,7 @@ impl SessionStore {
         let mut sessions = self.lock();
         let before = sessions.len();
         sessions.retain(|_, session| session.expires_at > now);
+        grpc_suite::metrics::AUTH_SESSIONS_LIVE.set(sessions.len() as i64);
         before - sessions.len()
     }
 
@@ -97,6 +101,11 @@ impl SessionStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// The operator's count of sessions held (live, or expired and not yet swept).
+fn live_gauge(held: usize) {
+    grpc_suite::metrics::AUTH_SESSIONS_LIVE.set(i64::try_from(held).unwrap_or(i64::MAX));
 }
 
 #[cfg(test)]

@@ -92,9 +92,15 @@ impl pb::file_service_server::FileService for FileService {
         let size = content.len();
         let storage = self.storage.clone();
         let target = name.clone();
+        let _in_flight = grpc_suite::metrics::Live::enter(
+            grpc_suite::metrics::UPLOADS_IN_FLIGHT.with_label_values(&["file"]),
+        );
         run_blocking(move || storage.write_atomic(&target, &content))
             .await?
             .map_err(FileServiceError::from)?;
+        grpc_suite::metrics::UPLOAD_BYTES_STORED
+            .with_label_values(&["file"])
+            .inc_by(size as u64);
         tracing::info!(file = %name, size, writer = %writer.as_deref().unwrap_or("-"), "file written");
         Ok(Response::new(pb::FileResponse {
             success: true,

@@ -163,7 +163,12 @@ impl pb::logger_service_server::LoggerService for LoggerService {
             budget: Arc::new(Semaphore::new(FOLLOW_BUFFER_BYTES)),
             shutdown: self.shutdown.clone(),
         };
-        self.tasks.spawn(follower.run(backlog_rows, live));
+        let counted =
+            grpc_suite::metrics::Live::enter(grpc_suite::metrics::LOGGER_FOLLOWERS.clone());
+        self.tasks.spawn(async move {
+            follower.run(backlog_rows, live).await;
+            drop(counted)
+        });
         // The bytes a row holds are given back as the HTTP/2 stream takes it.
         let stream = ReceiverStream::new(receiver).map(|(item, _budget)| item);
         Ok(Response::new(Box::pin(stream)))

@@ -482,6 +482,7 @@ impl Writer {
     /// One group commit: writes `batch` in one transaction, then, before any caller is
     /// answered, counts it, publishes its new rows to followers and hands them to the echo.
     fn commit(&mut self, batch: Vec<NewEntry>) -> Result<Vec<Appended>, Arc<StoreError>> {
+        let _timer = grpc_suite::metrics::LOGGER_COMMIT_SECONDS.start_timer();
         let entries: Vec<&NewEntry> = batch.iter().collect();
         let outcomes = write_batch(&mut self.connection, &entries);
         self.committing.send_if_modified(|committing| {
@@ -495,11 +496,13 @@ impl Writer {
             Arc::new(error)
         })?;
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        grpc_suite::metrics::LOGGER_COMMIT_BATCH_ROWS.observe(batch.len() as f64);
         for (entry, appended) in batch.into_iter().zip(&outcomes) {
             if appended.duplicate {
                 continue;
             }
             self.stats.rows.fetch_add(1, Ordering::Relaxed);
+            grpc_suite::metrics::LOGGER_ROWS_STORED.inc();
             if let Some(echo) = &mut self.echo {
                 echo.add(&entry);
             }

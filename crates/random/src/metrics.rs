@@ -27,7 +27,7 @@ impl Default for StreamMetrics {
         Self {
             inner: Arc::new(Counters {
                 generated: AtomicU64::new(0),
-                active: Gauge::default(),
+                active: Gauge::exported(grpc_suite::metrics::RANDOM_STREAMS_OPEN.clone()),
             }),
         }
     }

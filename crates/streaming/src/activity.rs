@@ -7,8 +7,9 @@
 
 pub use grpc_suite::gauge::{Gauge, GaugeGuard};
 
-/// The service's gauges; cloning shares them.
-#[derive(Debug, Clone, Default)]
+/// The service's gauges; cloning shares them. Uploads and chat members are exported to
+/// Prometheus too (`uploads_in_flight{service="streaming"}`, `chat_members_connected`).
+#[derive(Debug, Clone)]
 pub struct Activity {
     /// Time streams whose producer task is still running.
     pub time_streams: Gauge,
@@ -16,4 +17,15 @@ pub struct Activity {
     pub uploads: Gauge,
     /// Chat streams whose inbound reader is still running.
     pub chat_members: Gauge,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        use grpc_suite::metrics::{CHAT_MEMBERS, UPLOADS_IN_FLIGHT};
+        Self {
+            time_streams: Gauge::default(),
+            uploads: Gauge::exported(UPLOADS_IN_FLIGHT.with_label_values(&["streaming"])),
+            chat_members: Gauge::exported(CHAT_MEMBERS.clone()),
+        }
+    }
 }

@@ -165,9 +165,12 @@ impl ChatRoom {
                     fell_behind.push(number);
                 }
             }
+            let reached = state.members.len().saturating_sub(fell_behind.len());
+            grpc_suite::metrics::CHAT_MESSAGES_FANNED_OUT.inc_by(reached as u64);
             for number in fell_behind {
                 if let Some(mailbox) = state.members.remove(&number) {
                     tracing::warn!(member = %member_name(number), "cut off: fell too far behind");
+                    grpc_suite::metrics::CHAT_MEMBERS_CUT_OFF.inc();
                     mailbox.end(Err(StreamingError::FellBehind {
                         capacity: self.limits.queue_capacity,
                     }

@@ -246,6 +246,9 @@ where
     plan.verify(sink.written, &sha256)?;
     let written = sink.written;
     tokio::task::spawn_blocking(move || sink.commit()).await??;
+    grpc_suite::metrics::UPLOAD_BYTES_STORED
+        .with_label_values(&["streaming"])
+        .inc_by(written);
     Ok(StoredUpload {
         name: plan.name().clone(),
         bytes_written: written,

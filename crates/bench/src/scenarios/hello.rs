@@ -1,6 +1,8 @@
 //! Unary SayHello at a fixed concurrency over a few connections, against the file service
 //! and against the bare tonic reference, one after the other in the same run: their ratio
-//! is what our shared plumbing (health, reflection, tracing, the status layer) costs.
+//! is what our shared plumbing (health, reflection, tracing, the status layer) costs. A third
+//! run serves the file service with `--metrics-addr`: its ratio to the second is what the
+//! per-call metrics cost (target: at least 0.95).
 
 use anyhow::Context as _;
 use grpc_suite::file as pb;
@@ -14,7 +16,8 @@ use crate::{
     stats::per_second,
 };
 
-/// Measures SayHello on the bare reference, then on the file service.
+/// Measures SayHello on the bare reference, then on the file service without and with
+/// metrics.
 pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     let settings = context.settings;
     let mut measurement = Measurement::new("hello");
@@ -23,8 +26,18 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         .set("connections", settings.connections as f64)
         .set("duration_s", settings.duration.as_secs_f64());
     let mut rates = Vec::new();
-    for kind in [ServerKind::Bare, ServerKind::File] {
-        let server = Server::start(kind, &context.server_dir(kind.name()), &[]).await?;
+    let runs: [(ServerKind, &str, &[&str]); 3] = [
+        (ServerKind::Bare, "bare", &[]),
+        (ServerKind::File, "file", &[]),
+        // Port 0: the metrics endpoint is served (so the layer is on) but never scraped.
+        (
+            ServerKind::File,
+            "file_metrics",
+            &["--metrics-addr", "127.0.0.1:0"],
+        ),
+    ];
+    for (kind, label, extra) in runs {
+        let server = Server::start(kind, &context.server_dir(label), extra).await?;
         let channels = connect_many(&server.url(), settings.connections).await?;
         let clients: Vec<FileServiceClient<Channel>> =
             channels.into_iter().map(FileServiceClient::new).collect();
@@ -49,7 +62,7 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
             },
         )
         .await?;
-        let prefix = format!("{}_", kind.name());
+        let prefix = format!("{label}_");
         let rate = per_second(outcome.calls, outcome.elapsed);
         rates.push(rate);
         measurement
@@ -65,8 +78,9 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         add_server_figures(&mut measurement, &prefix, &server)?;
         server.stop();
     }
-    if let [bare, file] = rates[..] {
+    if let [bare, file, file_metrics] = rates[..] {
         measurement.set("ratio", file / bare.max(f64::MIN_POSITIVE));
+        measurement.set("metrics_ratio", file_metrics / file.max(f64::MIN_POSITIVE));
     }
     Ok(measurement)
 }

@@ -36,8 +36,9 @@ const SERVICE: Service = Service {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    grpc_suite::cli::init_tracing("info");
-    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(SERVICE)).await)
+    let args: Args = grpc_suite::args::parse(SERVICE);
+    grpc_suite::cli::init_tracing_with("info", args.server.log_format);
+    grpc_suite::cli::exit_code(run(args).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
