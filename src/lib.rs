@@ -22,6 +22,7 @@ pub mod cli;
 pub mod gauge;
 pub mod group_commit;
 pub mod server;
+pub mod size;
 pub mod storage;
 pub mod tls;
 pub mod wire_time;
