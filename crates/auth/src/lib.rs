@@ -17,10 +17,9 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use grpc_suite::{
-    tls::ClientTls,
-    server::Listener,
     auth::auth_service_server::AuthServiceServer,
-    logger::logger_service_client::LoggerServiceClient, server::GrpcServer,
+    logger::logger_service_client::LoggerServiceClient, server::GrpcServer, server::Listener,
+    tls::ClientTls,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 

@@ -19,7 +19,8 @@ pub mod validate;
 use std::{path::PathBuf, time::Duration};
 
 use grpc_suite::{
-    server::Listener,logger::logger_service_server::LoggerServiceServer, server::GrpcServer};
+    logger::logger_service_server::LoggerServiceServer, server::GrpcServer, server::Listener,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use error::LoggerError;

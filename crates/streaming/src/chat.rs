@@ -345,11 +345,7 @@ impl Membership {
         }
         if message.message.trim() == WHO_COMMAND {
             let names: Vec<String> = state.members.keys().map(|&n| member_name(n)).collect();
-            let answer = format!(
-                "In the room ({}): {}",
-                names.len(),
-                names.join(", ")
-            );
+            let answer = format!("In the room ({}): {}", names.len(), names.join(", "));
             self.room
                 .deliver_to(&mut state, self.number, system_message(answer));
             return;
@@ -830,7 +826,10 @@ mod tests {
         let mut context = Context::from_waker(waker);
         let mut seen = Vec::new();
         while let Poll::Ready(Some(Ok(message))) = Pin::new(&mut out).poll_next(&mut context) {
-            seen.push(format!("{} {}: {}", message.history, message.sender, message.message));
+            seen.push(format!(
+                "{} {}: {}",
+                message.history, message.sender, message.message
+            ));
         }
         assert_eq!(
             seen,
@@ -881,11 +880,18 @@ mod tests {
             most_held <= BACKLOG + 2 * MESSAGE,
             "the room held {most_held} bytes at most; a backlog is {BACKLOG}"
         );
-        assert_eq!(room.member_numbers().len(), 1, "every stuck member was cut off");
+        assert_eq!(
+            room.member_numbers().len(),
+            1,
+            "every stuck member was cut off"
+        );
         for (_, outbound) in &mut stuck {
             assert_eq!(drain(outbound).1, Some(tonic::Code::ResourceExhausted));
         }
-        assert!(room.held_bytes() <= BACKLOG / 2 + MESSAGE, "only the history remains");
+        assert!(
+            room.held_bytes() <= BACKLOG / 2 + MESSAGE,
+            "only the history remains"
+        );
     }
 
     /// Closing tells everyone, ends every stream cleanly and refuses later joins.

@@ -500,7 +500,10 @@ pub fn chat_time(timestamp: &str) -> String {
     use chrono::{DateTime, Local, NaiveDateTime, NaiveTime};
     let trimmed = timestamp.trim();
     if let Ok(time) = DateTime::parse_from_rfc3339(trimmed) {
-        return time.with_timezone(&Local).format(crate::chat::CHAT_TIME_FORMAT).to_string();
+        return time
+            .with_timezone(&Local)
+            .format(crate::chat::CHAT_TIME_FORMAT)
+            .to_string();
     }
     for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
         if let Ok(time) = NaiveDateTime::parse_from_str(trimmed, format) {
@@ -582,4 +585,3 @@ async fn read_chunks(
     let _ = chunks.send(last).await;
     Ok(())
 }
-

@@ -25,8 +25,7 @@ pub mod upload;
 use std::{num::NonZeroUsize, path::PathBuf};
 
 use grpc_suite::{
-    server::Listener,
-    server::GrpcServer, storage::StorageDir,
+    server::GrpcServer, server::Listener, storage::StorageDir,
     streaming::streaming_service_server::StreamingServiceServer,
 };
 use tokio_util::sync::CancellationToken;

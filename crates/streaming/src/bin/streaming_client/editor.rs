@@ -65,7 +65,9 @@ pub struct EditorOutput {
 
 impl std::fmt::Debug for EditorOutput {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("EditorOutput").finish_non_exhaustive()
+        formatter
+            .debug_struct("EditorOutput")
+            .finish_non_exhaustive()
     }
 }
 
