@@ -38,7 +38,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_count: args.max_count,
         max_delay_ms: args.max_delay_ms,
     };
-    let listener = args.server.bind_announced("Random Number Service").await?;
+    // The old script's two lines, word for word.
+    let listener = args.server.bind_announced("Random Number Server").await?;
+    println!("Waiting for client requests...");
     let shutdown = grpc_suite::server::shutdown_on_signals();
     random_service::serve(listener, &config, shutdown).await
 }
