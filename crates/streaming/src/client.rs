@@ -255,6 +255,7 @@ impl<W: Write> Session<W> {
     /// The old script's three steps.
     async fn flow(&mut self, options: &FlowOptions) -> anyhow::Result<()> {
         match options.time_updates {
+            Some(1) => writeln!(self.out, "--- Server time (1 update) ---")?,
             Some(count) => writeln!(self.out, "--- Server time ({count} updates) ---")?,
             None => writeln!(self.out, "--- Server time (press Ctrl+C to go on) ---")?,
         }

@@ -1210,3 +1210,75 @@ fn python_client_uses_all_three_methods() {
     testkit::run_python(&script, &[&target, upload_dir.to_str().expect("utf-8")])
         .expect("python client passes");
 }
+
+/// The lines the old system's README documents, word for word (seed README, "Client
+/// Streaming - File Upload" and "Bidirectional Streaming - Chat System"): run from a
+/// folder holding `example.txt`, with the default `streamed_files` folder, the server and
+/// client print exactly these.
+#[test]
+fn seed_readme_lines_are_printed_as_documented() {
+    const SEED_UPLOAD: [&str; 2] = [
+        "Upload response: File example.txt uploaded successfully",
+        "File path: streamed_files/example.txt",
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("example.txt"), "example").expect("write");
+    // testkit starts binaries in our own folder; the shell moves the server to the temp
+    // folder so its default, relative `streamed_files` lands (and shows) there.
+    let script = format!(
+        "cd '{}' && exec '{}' --addr 127.0.0.1:0",
+        dir.path().display(),
+        cargo_bin("streaming_server").display()
+    );
+    let server = testkit::Launch::new("sh")
+        .args(["-c", &script])
+        .start()
+        .expect("server starts");
+    let absolute = std::fs::canonicalize(dir.path()).expect("canonical");
+    server
+        .wait_for_stdout(&format!(
+            "Streamed files will be stored in: {}",
+            absolute.join("streamed_files").display()
+        ))
+        .expect("the old folder line");
+
+    let upload = assert_cmd::Command::new(cargo_bin("streaming_client"))
+        .current_dir(dir.path())
+        .args(["--server", &server.url(), "upload", "example.txt"])
+        .timeout(TIMEOUT)
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&upload.get_output().stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..2], SEED_UPLOAD, "{stdout}");
+    assert!(lines[2].starts_with("Checksum OK: 7 bytes"), "{stdout}");
+    assert_eq!(lines.len(), 3, "{stdout}");
+
+    // `[14:30:00] Client(1) has joined the chat` / `[14:30:10] Client(1): Hello everyone!`
+    let chat = assert_cmd::Command::new(cargo_bin("streaming_client"))
+        .args(["--server", &server.url(), "chat"])
+        .write_stdin("Hello everyone!\n")
+        .timeout(TIMEOUT)
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&chat.get_output().stdout).into_owned();
+    let shapes: Vec<String> = stdout
+        .lines()
+        .map(|line| {
+            let (time, rest) = line.split_at(10);
+            assert!(
+                chrono::NaiveTime::parse_from_str(&time[1..9], "%H:%M:%S").is_ok(),
+                "{line}"
+            );
+            format!("[hh:mm:ss]{rest}")
+        })
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            "[hh:mm:ss] Client(1) has joined the chat",
+            "[hh:mm:ss] You are Client(1)",
+            "[hh:mm:ss] Client(1): Hello everyone!",
+        ]
+    );
+}
