@@ -61,7 +61,7 @@ impl fmt::Display for Size {
         let (unit, multiplier) = UNITS
             .iter()
             .copied()
-            .find(|&(_, multiplier)| self.0 != 0 && self.0 % multiplier == 0)
+            .find(|&(_, multiplier)| self.0 != 0 && self.0.is_multiple_of(multiplier))
             .unwrap_or(("B", 1));
         write!(formatter, "{}{unit}", self.0 / multiplier)
     }
