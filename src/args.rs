@@ -59,12 +59,7 @@ pub struct ClientArgs {
     #[arg(long, global = true, value_name = "PEM")]
     pub ca_cert: Option<PathBuf>,
     /// Present this client certificate (PEM) to the server (mutual TLS); needs --tls-key.
-    #[arg(
-        long = "tls-cert",
-        id = "client_cert",
-        global = true,
-        value_name = "PEM"
-    )]
+    #[arg(long = "tls-cert", id = "client_cert", global = true, value_name = "PEM")]
     pub client_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
     #[arg(long = "tls-key", id = "client_key", global = true, value_name = "PEM")]
@@ -299,10 +294,7 @@ mod tests {
         assert!(server_url("ftp://host:1").is_err());
         assert!(server_url("http://").is_err());
         assert!(server_url("host with space:1").is_err());
-        assert_eq!(
-            server_url("127.0.0.1:9").as_deref(),
-            Ok("http://127.0.0.1:9")
-        );
+        assert_eq!(server_url("127.0.0.1:9").as_deref(), Ok("http://127.0.0.1:9"));
     }
 
     /// A server binds a host name, not only an IP literal, and announces the real port.

@@ -209,7 +209,9 @@ impl GrpcServer {
         if let Some(tls) = &tls {
             // The handshake runs on the connection's own task, bounded by the TLS config's
             // timeout, so a peer that never finishes it cannot hold up accepting others.
-            builder = builder.tls_config(tls.config()).context("setting up TLS")?;
+            builder = builder
+                .tls_config(tls.config())
+                .context("setting up TLS")?;
         }
         let server = builder
             .layer(tower::util::MapResponseLayer::new(

@@ -196,10 +196,7 @@ fn certificates(pem: &[u8], path: &Path) -> anyhow::Result<Vec<CertificateDer<'s
 fn check_validity(chain: &[CertificateDer<'_>], path: &Path) -> anyhow::Result<()> {
     for der in chain {
         let (_, certificate) = x509_parser::parse_x509_certificate(der).map_err(|error| {
-            anyhow::anyhow!(
-                "{} holds an unreadable certificate: {error}",
-                path.display()
-            )
+            anyhow::anyhow!("{} holds an unreadable certificate: {error}", path.display())
         })?;
         let validity = certificate.validity();
         let now = x509_parser::time::ASN1Time::now();

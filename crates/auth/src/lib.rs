@@ -17,9 +17,10 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use grpc_suite::{
-    auth::auth_service_server::AuthServiceServer,
-    logger::logger_service_client::LoggerServiceClient, server::GrpcServer, server::Listener,
     tls::ClientTls,
+    server::Listener,
+    auth::auth_service_server::AuthServiceServer,
+    logger::logger_service_client::LoggerServiceClient, server::GrpcServer,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 

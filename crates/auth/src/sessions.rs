@@ -119,9 +119,7 @@ mod tests {
         let now = Instant::now();
         let id = store.start("alice", now);
         assert_eq!(
-            store
-                .end(&id, now + Duration::from_secs(365 * 24 * 60 * 60))
-                .as_deref(),
+            store.end(&id, now + Duration::from_secs(365 * 24 * 60 * 60)).as_deref(),
             Some("alice"),
             "a year later the session is still live"
         );

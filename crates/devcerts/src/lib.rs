@@ -146,12 +146,7 @@ pub fn write_dev_set(
     force: bool,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let files = [CA_CERT, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY];
-    if !force
-        && let Some(existing) = files
-            .iter()
-            .map(|name| out.join(name))
-            .find(|path| path.exists())
-    {
+    if !force && let Some(existing) = files.iter().map(|name| out.join(name)).find(|path| path.exists()) {
         anyhow::bail!(
             "{} already exists; pass --force to replace the whole set",
             existing.display()
@@ -159,8 +154,7 @@ pub fn write_dev_set(
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let ca = DevCa::new("gRPC suite development CA")?;
-    let mut server_names: Vec<String> =
-        SERVER_NAMES.iter().map(|name| (*name).to_owned()).collect();
+    let mut server_names: Vec<String> = SERVER_NAMES.iter().map(|name| (*name).to_owned()).collect();
     server_names.extend(extra_names.iter().cloned());
     let server = ca.issue(&server_names, Usage::Server)?;
     let client = ca.issue(&["suite-client".to_owned()], Usage::Client)?;
@@ -217,8 +211,8 @@ mod tests {
     #[test]
     fn writes_the_set_once() {
         let folder = tempfile::tempdir().expect("temp folder");
-        let written =
-            write_dev_set(folder.path(), &["extra.example".to_owned()], false).expect("writes");
+        let written = write_dev_set(folder.path(), &["extra.example".to_owned()], false)
+            .expect("writes");
         assert_eq!(written.len(), 5);
         let again = write_dev_set(folder.path(), &[], false).expect_err("refused");
         assert!(again.to_string().contains("--force"), "{again}");

@@ -12,8 +12,8 @@ mod service;
 use std::path::PathBuf;
 
 use grpc_suite::{
-    file::file_service_server::FileServiceServer, server::GrpcServer, server::Listener,
-    storage::StorageDir,
+    server::Listener,
+    file::file_service_server::FileServiceServer, server::GrpcServer, storage::StorageDir,
 };
 use tokio_util::sync::CancellationToken;
 

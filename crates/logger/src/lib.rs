@@ -19,8 +19,7 @@ pub mod validate;
 use std::{path::PathBuf, time::Duration};
 
 use grpc_suite::{
-    logger::logger_service_server::LoggerServiceServer, server::GrpcServer, server::Listener,
-};
+    server::Listener,logger::logger_service_server::LoggerServiceServer, server::GrpcServer};
 use tokio_util::sync::CancellationToken;
 
 pub use error::LoggerError;

@@ -15,8 +15,8 @@ mod metrics;
 mod service;
 
 use grpc_suite::{
-    random::random_number_service_server::RandomNumberServiceServer, server::GrpcServer,
     server::Listener,
+    random::random_number_service_server::RandomNumberServiceServer, server::GrpcServer,
 };
 use tokio_util::sync::CancellationToken;
 

@@ -42,20 +42,10 @@ struct Args {
     logger_ca_cert: Option<PathBuf>,
     /// Present this client certificate (PEM) to the logger (mutual TLS); needs
     /// --logger-tls-key.
-    #[arg(
-        long,
-        env = "AUTH_SERVICE_LOGGER_TLS_CERT",
-        value_name = "PEM",
-        requires = "logger_tls_key"
-    )]
+    #[arg(long, env = "AUTH_SERVICE_LOGGER_TLS_CERT", value_name = "PEM", requires = "logger_tls_key")]
     logger_tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --logger-tls-cert.
-    #[arg(
-        long,
-        env = "AUTH_SERVICE_LOGGER_TLS_KEY",
-        value_name = "PEM",
-        requires = "logger_tls_cert"
-    )]
+    #[arg(long, env = "AUTH_SERVICE_LOGGER_TLS_KEY", value_name = "PEM", requires = "logger_tls_cert")]
     logger_tls_key: Option<PathBuf>,
     /// Read a password from standard input, print its argon2id hash for a users file, exit.
     #[arg(long)]
@@ -134,11 +124,8 @@ mod tests {
     #[test]
     fn absurd_session_lifetime_is_refused() {
         let parse = |ttl: &str| {
-            grpc_suite::args::command::<super::Args>(super::SERVICE).try_get_matches_from([
-                "auth_server",
-                "--session-ttl-secs",
-                ttl,
-            ])
+            grpc_suite::args::command::<super::Args>(super::SERVICE)
+                .try_get_matches_from(["auth_server", "--session-ttl-secs", ttl])
         };
         assert!(parse("3600").is_ok());
         let error = parse("18446744073709551615").expect_err("refused");
