@@ -26,6 +26,7 @@ pub mod group_commit;
 pub mod metrics;
 pub mod server;
 pub mod session_guard;
+pub mod size;
 pub mod storage;
 pub mod tls;
 pub mod wire_time;

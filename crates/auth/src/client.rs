@@ -2,7 +2,7 @@
 //! or a scripted delay), then log out with the whole session id, printing the old client's
 //! lines.
 
-use std::{future::Future, io::Write};
+use std::{future::Future, io::Write, time::Duration};
 
 use grpc_suite::{
     auth as pb,
@@ -10,11 +10,23 @@ use grpc_suite::{
 };
 use pb::auth_service_client::AuthServiceClient;
 
+/// What ends the session, so the lines printed say what really happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Ctrl+C or SIGTERM: the old client's lines (`Press Ctrl+C…`, `Received shutdown
+    /// signal…`).
+    Signal,
+    /// A scripted delay (`--logout-after`): no signal is asked for or reported.
+    Timer(Duration),
+}
+
 /// Logs in as `username`, waits for `stop`, logs out. A refused login is an error (exit 1).
+/// `until` says what `stop` waits for, for the wording.
 pub async fn run(
     channel: impl Into<Connection>,
     username: String,
     password: String,
+    until: Until,
     stop: impl Future<Output = ()>,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
@@ -25,12 +37,22 @@ pub async fn run(
         "Login: {} (Session ID: {})",
         login.message, login.session_id
     )?;
-    writeln!(out, "Session active. Press Ctrl+C to logout and exit.")?;
+    match until {
+        Until::Signal => writeln!(out, "Session active. Press Ctrl+C to logout and exit.")?,
+        Until::Timer(delay) => writeln!(
+            out,
+            "Session active. Logging out in {} s.",
+            delay.as_secs_f64()
+        )?,
+    }
     out.flush()?;
 
     stop.await;
 
-    writeln!(out, "Received shutdown signal. Logging out...")?;
+    match until {
+        Until::Signal => writeln!(out, "Received shutdown signal. Logging out...")?,
+        Until::Timer(_) => writeln!(out, "Logging out...")?,
+    }
     out.flush()?;
     let request = pb::LogoutRequest {
         session_id: login.session_id,

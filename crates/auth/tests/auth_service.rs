@@ -427,6 +427,36 @@ async fn client_binary_refused_login_exits_one() {
     );
 }
 
+/// `auth_client --logout-after N` logs out on its own without asking for or reporting a
+/// signal that never came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_binary_logout_after_mentions_no_signal() {
+    let folder = tempfile::tempdir().expect("tempdir");
+    let logger = start_logger(folder.path()).await;
+    let auth = start_auth(folder.path(), logger.url(), demo(), Duration::from_secs(60)).await;
+    let url = auth.url();
+    let output = tokio::task::spawn_blocking(move || {
+        assert_cmd::Command::new(cargo_bin("auth_client"))
+            .args(["--server", &url, "--logout-after", "0"])
+            .timeout(TIMEOUT)
+            .output()
+    })
+    .await
+    .expect("task")
+    .expect("runs");
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(
+        lines[0].starts_with("Login: Login successful (Session ID: "),
+        "{stdout}"
+    );
+    assert_eq!(lines[1], "Session active. Logging out in 0 s.");
+    assert_eq!(lines[2], "Logging out...");
+    assert_eq!(lines[3], "Logout: Logout successful");
+}
+
 /// `auth_server --hash-password` turns a password on stdin into a verifiable argon2id hash.
 #[test]
 fn hash_password_mode() {

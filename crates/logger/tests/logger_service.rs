@@ -680,7 +680,7 @@ fn binaries_log_query_follow() {
     );
     let absolute = std::fs::canonicalize(&db).expect("created");
     server
-        .wait_for_stdout(&format!("Logs stored in: {}", absolute.display()))
+        .wait_for_stdout(&format!("Database initialized at {}", absolute.display()))
         .expect("db line");
 
     let client = || {

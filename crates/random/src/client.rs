@@ -32,42 +32,79 @@ pub struct Choices {
     pub delay: Option<i32>,
 }
 
+/// The old script's banner, shown before its first question.
+pub const BANNER: [&str; 2] = [
+    "Random Number Streaming Client",
+    "-----------------------------",
+];
+
+/// The old script's line between the answers and the table.
+pub const RECEIVING: &str = "Receiving random numbers:";
+
+/// What the old script printed when the user pressed Ctrl+C.
+pub const TERMINATED: &str = "Client terminated by user";
+
+/// Checks the fields the flags gave against each other, before anything is asked: the
+/// range must not be empty and neither count nor delay negative. The reason names the
+/// flags.
+pub fn check_given(given: Choices) -> Result<(), String> {
+    if let (Some(min), Some(max)) = (given.min, given.max)
+        && min > max
+    {
+        return Err(format!("--min {min} is greater than --max {max}"));
+    }
+    if let Some(count) = given.count.filter(|count| *count < 0) {
+        return Err(format!("--count {count} is negative"));
+    }
+    if let Some(delay) = given.delay.filter(|delay| *delay < 0) {
+        return Err(format!("--delay {delay} is negative"));
+    }
+    Ok(())
+}
+
 /// Completes `given` by asking for each missing field on `out` and reading the answer from
-/// `input`, re-asking with a short reason until the answer is a number. `None` means the
-/// input ended first: the user is done, which is not an error.
+/// `input`, as the old script did: its banner first, then its prompts, then
+/// `Receiving random numbers:`. Each answer is checked as soon as it is given (a number;
+/// max not below min, min not above a max from the flags; count and delay not negative)
+/// and re-asked with a short reason, so the user never answers everything only to start
+/// again. `None` means the input ended first: the user is done, which is not an error.
 ///
-/// Range and sign checks are the server's: it names the field and its limits, and one
-/// place deciding keeps the client from disagreeing with it.
+/// The server still checks its own limits (the largest count and delay it allows): it
+/// names the field and its limits, and one place deciding those keeps the client from
+/// disagreeing with it.
 pub fn complete_request(
     given: Choices,
     input: &mut impl BufRead,
     out: &mut impl Write,
 ) -> io::Result<Option<pb::RandomNumberRequest>> {
-    let fields = [given.min, given.max, given.count, given.delay];
-    let mut values = [0; 4];
-    let mut asked = false;
-    for ((value, given), prompt) in values.iter_mut().zip(fields).zip(PROMPTS) {
-        *value = match given {
-            Some(value) => value,
+    let mut values = [given.min, given.max, given.count, given.delay];
+    let asking = values.iter().any(Option::is_none);
+    if asking {
+        for line in BANNER {
+            writeln!(out, "{line}")?;
+        }
+    }
+    for (index, prompt) in PROMPTS.iter().enumerate() {
+        if values[index].is_some() {
+            continue;
+        }
+        let known = values;
+        let check = |value: i32| field_problem(index, value, known);
+        match ask_number(prompt, input, out, check)? {
+            Some(value) => values[index] = Some(value),
             None => {
-                asked = true;
-                match ask_number(prompt, input, out)? {
-                    Some(value) => value,
-                    None => {
-                        // Leave the terminal on a fresh line after the unanswered prompt.
-                        writeln!(out)?;
-                        return Ok(None);
-                    }
-                }
+                // Leave the terminal on a fresh line after the unanswered prompt.
+                writeln!(out)?;
+                return Ok(None);
             }
-        };
+        }
     }
-    if asked {
-        // Piped answers are not echoed: without this the table's header would continue
-        // the last prompt's line.
+    if asking {
+        // Piped answers are not echoed: the blank line also ends the last prompt's line.
         writeln!(out)?;
+        writeln!(out, "{RECEIVING}")?;
     }
-    let [min, max, count, delay] = values;
+    let [min, max, count, delay] = values.map(Option::unwrap_or_default);
     Ok(Some(pb::RandomNumberRequest {
         min,
         max,
@@ -76,11 +113,29 @@ pub fn complete_request(
     }))
 }
 
-/// Shows `prompt` until a line parses as a number; `None` at end of input.
+/// Why `value` cannot be field `index` (0 min, 1 max, 2 count, 3 delay) given the fields
+/// already known; `None` if it can.
+fn field_problem(index: usize, value: i32, known: [Option<i32>; 4]) -> Option<String> {
+    match index {
+        0 => known[1]
+            .filter(|max| value > *max)
+            .map(|max| format!("the minimum must not be above the maximum ({max})")),
+        1 => known[0]
+            .filter(|min| value < *min)
+            .map(|min| format!("the maximum must not be below the minimum ({min})")),
+        2 if value < 0 => Some("the count must not be negative".to_owned()),
+        3 if value < 0 => Some("the delay must not be negative".to_owned()),
+        _ => None,
+    }
+}
+
+/// Shows `prompt` until a line parses as a number that `check` accepts; `None` at end of
+/// input.
 fn ask_number(
     prompt: &str,
     input: &mut impl BufRead,
     out: &mut impl Write,
+    check: impl Fn(i32) -> Option<String>,
 ) -> io::Result<Option<i32>> {
     let mut line = String::new();
     loop {
@@ -90,10 +145,14 @@ fn ask_number(
         if input.read_line(&mut line)? == 0 {
             return Ok(None);
         }
-        match parse_number(&line) {
-            Ok(value) => return Ok(Some(value)),
-            Err(reason) => writeln!(out, "{reason}; try again.")?,
-        }
+        let problem = match parse_number(&line) {
+            Ok(value) => match check(value) {
+                None => return Ok(Some(value)),
+                Some(problem) => problem,
+            },
+            Err(reason) => reason,
+        };
+        writeln!(out, "{problem}; try again.")?;
     }
 }
 
@@ -265,8 +324,9 @@ mod tests {
         );
         assert_eq!(
             shown,
-            "Enter minimum value: Enter maximum value: Enter how many numbers to generate: \
-             Enter delay between numbers (milliseconds): \n"
+            "Random Number Streaming Client\n-----------------------------\n\
+             Enter minimum value: Enter maximum value: Enter how many numbers to generate: \
+             Enter delay between numbers (milliseconds): \nReceiving random numbers:\n"
         );
     }
 
@@ -290,7 +350,9 @@ mod tests {
         );
         assert_eq!(
             shown,
-            "Enter maximum value: Enter delay between numbers (milliseconds): \n"
+            "Random Number Streaming Client\n-----------------------------\n\
+             Enter maximum value: Enter delay between numbers (milliseconds): \n\
+             Receiving random numbers:\n"
         );
         let all = Choices {
             min: Some(0),
@@ -340,12 +402,91 @@ mod tests {
         );
     }
 
+    /// min > max is caught right after the maximum is given (or the minimum, when the
+    /// maximum came from a flag), and a negative count or delay right after it is given;
+    /// each is asked again, not the whole request.
+    #[test]
+    fn answers_are_checked_as_they_are_given() {
+        let (request, shown) = complete(
+            Choices::default(),
+            "10
+5
+10
+-1
+3
+-5
+0
+",
+        );
+        assert_eq!(
+            request,
+            Some(pb::RandomNumberRequest {
+                min: 10,
+                max: 10,
+                count: 3,
+                delay: 0
+            })
+        );
+        assert!(
+            shown.contains(
+                "Enter maximum value: the maximum must not be below the minimum (10); try again.\n\
+                 Enter maximum value: Enter how many"
+            ),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("the count must not be negative; try again.\n"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("the delay must not be negative; try again.\n"),
+            "{shown}"
+        );
+        let given = Choices {
+            max: Some(3),
+            ..Choices::default()
+        };
+        let (_, shown) = complete(
+            given, "4
+",
+        );
+        assert!(
+            shown.contains("the minimum must not be above the maximum (3); try again."),
+            "{shown}"
+        );
+    }
+
+    /// Flags that contradict each other are refused before anything is asked.
+    #[test]
+    fn contradicting_flags_are_refused_up_front() {
+        let given = |min, max, count| Choices {
+            min: Some(min),
+            max: Some(max),
+            count: Some(count),
+            delay: None,
+        };
+        assert_eq!(check_given(given(1, 10, 5)), Ok(()));
+        assert_eq!(
+            check_given(given(10, 1, 5)),
+            Err("--min 10 is greater than --max 1".to_owned())
+        );
+        assert_eq!(
+            check_given(given(1, 10, -5)),
+            Err("--count -5 is negative".to_owned())
+        );
+    }
+
     /// End of input at any prompt ends quietly with no request.
     #[test]
     fn end_of_input_gives_no_request() {
         assert_eq!(
             complete(Choices::default(), ""),
-            (None, "Enter minimum value: \n".into())
+            (
+                None,
+                "Random Number Streaming Client\n-----------------------------\n\
+                 Enter minimum value: \n"
+                    .into()
+            )
         );
         let (request, shown) = complete(Choices::default(), "1\n2\nnope\n");
         assert_eq!(request, None);

@@ -449,7 +449,7 @@ fn rows(stdout: &str) -> Vec<(i32, i32)> {
 fn binaries_with_flags_and_graceful_stop() {
     let mut server = ServerProcess::start(cargo_bin("random_server"), &[]).expect("server starts");
     assert!(server.stdout().contains(&format!(
-        "Random Number Service started on port {}",
+        "Random Number Server started on port {}",
         server.port
     )));
     let output = random_client(&server.url())
@@ -476,8 +476,8 @@ fn binaries_with_flags_and_graceful_stop() {
     assert!(status.success(), "exit status {status}");
 }
 
-/// With no flags the client asks the old prompts from piped stdin, re-asks a non-number
-/// with a reason, and prints the table; end of input before the last answer exits 0 quietly.
+/// With no flags the client prints the old banner, asks the old prompts from piped stdin,
+/// re-asks a non-number with a reason, and prints `Receiving random numbers:` and the table; end of input before the last answer exits 0 quietly.
 #[test]
 fn client_prompts_from_piped_stdin() {
     let server = ServerProcess::start(cargo_bin("random_server"), &[]).expect("server starts");
@@ -488,9 +488,12 @@ fn client_prompts_from_piped_stdin() {
     let stdout = String::from_utf8_lossy(&output.get_output().stdout).into_owned();
     assert!(
         stdout.starts_with(
-            "Enter minimum value: \"one\" is not a whole number; try again.\n\
+            "Random Number Streaming Client\n\
+             -----------------------------\n\
+             Enter minimum value: \"one\" is not a whole number; try again.\n\
              Enter minimum value: Enter maximum value: Enter how many numbers to generate: \
              Enter delay between numbers (milliseconds): \n\
+             Receiving random numbers:\n\
              Sequence | Number | Timestamp\n"
         ),
         "{stdout}"
@@ -512,12 +515,13 @@ fn client_prompts_from_piped_stdin() {
     let stdout = String::from_utf8_lossy(&ended.get_output().stdout).into_owned();
     assert_eq!(
         stdout,
-        "Enter maximum value: Enter how many numbers to generate: \n"
+        "Random Number Streaming Client\n-----------------------------\n\
+         Enter maximum value: Enter how many numbers to generate: \n"
     );
 }
 
 /// A refused request prints the server's reason in one stderr line and exits 1; so does a
-/// server that is not there.
+/// server that is not there (before any question is asked) and flags that contradict.
 #[test]
 fn client_refusal_and_server_down_exit_one() {
     let server = ServerProcess::start(cargo_bin("random_server"), &["--max-count", "10"])
@@ -549,6 +553,29 @@ fn client_refusal_and_server_down_exit_one() {
         stderr.starts_with(&format!("error: cannot reach the server at {url}")),
         "{stderr}"
     );
+
+    // With nothing given, the server is reached before the first question.
+    let down = random_client(&url)
+        .write_stdin("1\n2\n3\n0\n")
+        .assert()
+        .failure()
+        .code(1)
+        .stdout("");
+    let stderr = String::from_utf8_lossy(&down.get_output().stderr).into_owned();
+    assert!(
+        stderr.starts_with(&format!("error: cannot reach the server at {url}")),
+        "{stderr}"
+    );
+
+    // Contradicting flags are refused before anything else.
+    let contradicting = random_client(&url)
+        .args(["--min", "5", "--max", "1"])
+        .assert()
+        .failure()
+        .code(1)
+        .stdout("");
+    let stderr = String::from_utf8_lossy(&contradicting.get_output().stderr).into_owned();
+    assert_eq!(stderr, "error: --min 5 is greater than --max 1\n");
 }
 
 /// Ctrl+C (SIGINT) stops the client's stream cleanly: exit 0 after the rows it got, and the

@@ -1,22 +1,30 @@
 //! The chat room behind ChatStream: members, their names, one order for every message,
-//! and a bounded queue per member.
+//! a bounded history for newcomers, and a bounded queue per member.
 //!
 //! Plain and synchronous so it is unit-tested without a network: the gRPC handler joins
 //! the room, feeds it the client's messages through [`Membership::say`], and returns
 //! [`Membership::outbound`] as the response stream.
 //!
 //! - **Names**: Client(1), Client(2)… in order of joining, from a counter that only grows,
-//!   so a name is never reused while the server runs.
+//!   so a name is never reused while the server runs. A newcomer alone is told its name
+//!   (`You are Client(3)`), after the join notice everyone sees.
 //! - **One order**: every message is delivered to every queue while the room's lock is held,
 //!   so the room's lock is the single ordering point and all members see the same sequence.
-//! - **Bounded**: each member has a [`Mailbox`] of at most `capacity` chat messages (and a
-//!   larger, still fixed, allowance for the room's join/leave notices). Delivery never
-//!   waits: a member whose mailbox is full is cut off (its backlog freed at once, its
-//!   stream ended with RESOURCE_EXHAUSTED) and the others see it leave. A stuck client can
-//!   thus neither delay the others nor grow the server's memory.
+//! - **History**: the last `history_length` chat messages (and at most half a member's
+//!   backlog in bytes) are replayed to a newcomer, marked `history = true`.
+//! - **Commands**: `/who` is answered to the asker alone; a message over the length limit
+//!   is refused to its sender alone with a System message, and its stream stays open.
+//! - **Stored once**: a message fanned out to N members is one `Arc`, queued N times; each
+//!   member's stream clones it only as tonic encodes it. Memory for a broadcast is one
+//!   message, not N.
+//! - **Bounded**: each member's [`Mailbox`] holds at most `queue_capacity` chat messages
+//!   and `max_backlog_bytes` bytes (and a larger, still fixed, allowance of the room's
+//!   short notices). Delivery never waits: a member whose mailbox is full is cut off (its
+//!   backlog freed at once, its stream ended with RESOURCE_EXHAUSTED) and the others see it
+//!   leave. A stuck client can thus neither delay the others nor grow the server's memory.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashSet, VecDeque},
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
@@ -35,6 +43,9 @@ pub const SYSTEM_SENDER: &str = "System";
 /// What the server says to everyone as it stops.
 pub const SHUTDOWN_NOTICE: &str = "Server is shutting down";
 
+/// The command a member sends to learn who is in the room.
+pub const WHO_COMMAND: &str = "/who";
+
 /// Format of the server's timestamps on System messages (and on client messages that
 /// arrive without one): wall-clock time, as the old chat showed it.
 pub const CHAT_TIME_FORMAT: &str = grpc_suite::wire_time::CHAT_TIME;
@@ -49,9 +60,20 @@ const NOTICE_ALLOWANCE: usize = 16;
 /// Slots a drained mailbox keeps; above this, the space a burst took is returned.
 const IDLE_QUEUE_CAPACITY: usize = 16;
 
+/// What a queued message is counted as against a member's byte budget: its text fields
+/// plus a little for framing, so even empty messages cost something.
+fn message_cost(message: &pb::ChatMessage) -> usize {
+    message.sender.len() + message.message.len() + message.timestamp.len() + 16
+}
+
 /// The name of the member numbered `number`.
 pub fn member_name(number: u64) -> String {
     format!("Client({number})")
+}
+
+/// The line a newcomer alone receives after joining.
+pub fn you_are(number: u64) -> String {
+    format!("You are {}", member_name(number))
 }
 
 fn system_message(text: String) -> pb::ChatMessage {
@@ -59,16 +81,22 @@ fn system_message(text: String) -> pb::ChatMessage {
         sender: SYSTEM_SENDER.to_owned(),
         message: text,
         timestamp: chrono::Local::now().format(CHAT_TIME_FORMAT).to_string(),
+        history: false,
     }
 }
 
 /// Limits of a room.
 #[derive(Debug, Clone, Copy)]
 pub struct RoomLimits {
-    /// Messages that may wait for one member before it is cut off.
+    /// Chat messages that may wait for one member before it is cut off.
     pub queue_capacity: usize,
+    /// Bytes of chat messages that may wait for one member before it is cut off (a
+    /// message larger than this alone is still delivered to an empty queue).
+    pub max_backlog_bytes: usize,
     /// The longest `message` text accepted, in bytes.
     pub max_message_bytes: usize,
+    /// Chat messages replayed to a newcomer (0: none).
+    pub history_length: usize,
 }
 
 /// The chat room shared by every ChatStream call.
@@ -85,6 +113,12 @@ struct RoomState {
     /// The last number handed out; only grows.
     last_number: u64,
     members: BTreeMap<u64, Arc<Mailbox>>,
+    /// The last chat messages, oldest first, for newcomers; the same `Arc`s the members'
+    /// queues hold, so keeping them costs no copy.
+    history: VecDeque<Arc<pb::ChatMessage>>,
+    /// [`message_cost`] of `history`, kept at most half a member's byte budget so a
+    /// newcomer's replay can never by itself cut the newcomer off.
+    history_bytes: usize,
     /// Set by [`ChatRoom::close`]; no one may join after.
     closed: bool,
 }
@@ -106,8 +140,9 @@ impl ChatRoom {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Adds a member under the next number and announces it to everyone, the newcomer
-    /// included. `counted` is held for as long as the membership lives.
+    /// Adds a member under the next number, announces it to everyone (the newcomer
+    /// included), tells the newcomer alone its name, then replays the room's history to
+    /// it. `counted` is held for as long as the membership lives.
     pub fn join(self: &Arc<Self>, counted: GaugeGuard) -> Result<Membership, StreamingError> {
         let mut state = self.lock();
         if state.closed {
@@ -122,6 +157,13 @@ impl ChatRoom {
             &mut state,
             system_message(format!("{name} has joined the chat")),
         );
+        self.deliver_to(&mut state, number, system_message(you_are(number)));
+        let history: Vec<_> = state.history.iter().cloned().collect();
+        for message in history {
+            if !mailbox.push(Queued::history(message), &self.limits) {
+                break; // Cannot happen within the history's own bounds; stop if it did.
+            }
+        }
         drop(state);
         tracing::info!(member = %name, "joined the chat");
         Ok(Membership {
@@ -140,16 +182,41 @@ impl ChatRoom {
         self.lock().members.keys().copied().collect()
     }
 
+    /// Bytes of distinct messages the room holds now, in members' queues and its history
+    /// ([`message_cost`] each, a message shared by many queues counted once): what the
+    /// room's memory is, give or take the queues' own slots.
+    pub fn held_bytes(&self) -> usize {
+        let state = self.lock();
+        let mut seen = HashSet::new();
+        let mut total = 0;
+        let queued = state.members.values().flat_map(|mailbox| {
+            let inner = mailbox.lock();
+            inner
+                .queue
+                .iter()
+                .map(|queued| Arc::clone(&queued.message))
+                .collect::<Vec<_>>()
+        });
+        for message in state.history.iter().cloned().chain(queued) {
+            if seen.insert(Arc::as_ptr(&message)) {
+                total += message_cost(&message);
+            }
+        }
+        total
+    }
+
     /// Tells every member the server is shutting down, ends every stream cleanly after
     /// that message, and refuses new members.
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        let notice = system_message(SHUTDOWN_NOTICE.to_owned());
+        state.history.clear();
+        state.history_bytes = 0;
+        let notice = Arc::new(system_message(SHUTDOWN_NOTICE.to_owned()));
         for (_, mailbox) in std::mem::take(&mut state.members) {
             // Even a member whose queue is full gets the notice: one more message is
             // bounded, and the stream ends right after it.
-            mailbox.push_unbounded(notice.clone());
+            mailbox.push_unbounded(Queued::live(Arc::clone(&notice)));
             mailbox.end(Ok(()));
         }
     }
@@ -157,26 +224,66 @@ impl ChatRoom {
     /// Delivers `message` to every member, in the one order. A member whose queue is full
     /// is cut off, and its leaving is delivered the same way, which can cut off more.
     fn broadcast(&self, state: &mut RoomState, message: pb::ChatMessage) {
-        let mut pending = VecDeque::from([message]);
+        let mut pending = VecDeque::from([Arc::new(message)]);
         while let Some(message) = pending.pop_front() {
             let mut fell_behind = Vec::new();
             for (&number, mailbox) in &state.members {
-                if !mailbox.push(message.clone(), self.limits.queue_capacity) {
+                if !mailbox.push(Queued::live(Arc::clone(&message)), &self.limits) {
                     fell_behind.push(number);
                 }
             }
             let reached = state.members.len().saturating_sub(fell_behind.len());
             grpc_suite::metrics::CHAT_MESSAGES_FANNED_OUT.inc_by(reached as u64);
             for number in fell_behind {
-                if let Some(mailbox) = state.members.remove(&number) {
-                    tracing::warn!(member = %member_name(number), "cut off: fell too far behind");
-                    grpc_suite::metrics::CHAT_MEMBERS_CUT_OFF.inc();
-                    mailbox.end(Err(StreamingError::FellBehind {
-                        capacity: self.limits.queue_capacity,
-                    }
-                    .into()));
-                    pending.push_back(left_message(number));
+                if self.cut_off(state, number) {
+                    pending.push_back(Arc::new(left_message(number)));
                 }
+            }
+        }
+    }
+
+    /// Delivers `message` to one member alone; if its queue is full it is cut off and the
+    /// others see it leave.
+    fn deliver_to(&self, state: &mut RoomState, number: u64, message: pb::ChatMessage) {
+        let Some(mailbox) = state.members.get(&number) else {
+            return;
+        };
+        if !mailbox.push(Queued::live(Arc::new(message)), &self.limits)
+            && self.cut_off(state, number)
+        {
+            self.broadcast(state, left_message(number));
+        }
+    }
+
+    /// Removes a member that fell behind and ends its stream with the reason; true if it
+    /// was still a member.
+    fn cut_off(&self, state: &mut RoomState, number: u64) -> bool {
+        let Some(mailbox) = state.members.remove(&number) else {
+            return false;
+        };
+        tracing::warn!(member = %member_name(number), "cut off: fell too far behind");
+        grpc_suite::metrics::CHAT_MEMBERS_CUT_OFF.inc();
+        mailbox.end(Err(StreamingError::FellBehind {
+            capacity: self.limits.queue_capacity,
+            bytes: self.limits.max_backlog_bytes,
+        }
+        .into()));
+        true
+    }
+
+    /// Keeps `message` for newcomers, dropping the oldest past the history's bounds.
+    fn remember(&self, state: &mut RoomState, message: Arc<pb::ChatMessage>) {
+        if self.limits.history_length == 0 {
+            return;
+        }
+        state.history_bytes += message_cost(&message);
+        state.history.push_back(message);
+        let byte_budget = self.limits.max_backlog_bytes / 2;
+        while state.history.len() > self.limits.history_length
+            || (state.history_bytes > byte_budget && !state.history.is_empty())
+        {
+            if let Some(oldest) = state.history.pop_front() {
+                state.history_bytes -= message_cost(&oldest);
             }
         }
     }
@@ -229,26 +336,53 @@ impl Membership {
         self.mailbox.gone.cancelled().await;
     }
 
-    /// Sends a client's message to everyone as this member (overwriting `sender`, keeping
-    /// the client's timestamp, or the server's time if it gave none). Refuses a message
-    /// over the length limit; a member already cut off is silently ignored.
-    pub fn say(&self, mut message: pb::ChatMessage) -> Result<(), StreamingError> {
+    /// Handles one message from this member. `/who` is answered to the member alone with
+    /// who is in the room; a message over the length limit is refused to the member alone
+    /// with a System message naming the limit; anything else goes to everyone as this
+    /// member (overwriting `sender`, keeping the client's timestamp, or the server's time
+    /// if it gave none) and into the history. A member already cut off is ignored.
+    pub fn say(&self, mut message: pb::ChatMessage) {
+        let mut state = self.room.lock();
+        if !state.members.contains_key(&self.number) {
+            return;
+        }
+        if message.message.trim() == WHO_COMMAND {
+            let names: Vec<String> = state.members.keys().map(|&n| member_name(n)).collect();
+            let answer = format!("In the room ({}): {}", names.len(), names.join(", "));
+            self.room
+                .deliver_to(&mut state, self.number, system_message(answer));
+            return;
+        }
         let limit = self.room.limits.max_message_bytes;
         if message.message.len() > limit {
-            return Err(StreamingError::ChatMessageTooLong {
+            let refusal = StreamingError::ChatMessageTooLong {
                 size: message.message.len(),
                 limit,
-            });
+            };
+            let notice = system_message(format!("Your message was not sent: {refusal}"));
+            self.room.deliver_to(&mut state, self.number, notice);
+            drop(state);
+            tracing::info!(member = %self.name, error = %refusal, "message refused");
+            return;
         }
         message.sender.clone_from(&self.name);
+        message.history = false;
         if message.timestamp.is_empty() {
             message.timestamp = chrono::Local::now().format(CHAT_TIME_FORMAT).to_string();
         }
-        let mut state = self.room.lock();
-        if state.members.contains_key(&self.number) {
-            self.room.broadcast(&mut state, message);
+        let shared = Arc::new(message);
+        let mut fell_behind = Vec::new();
+        for (&number, mailbox) in &state.members {
+            if !mailbox.push(Queued::live(Arc::clone(&shared)), &self.room.limits) {
+                fell_behind.push(number);
+            }
         }
-        Ok(())
+        self.room.remember(&mut state, shared);
+        for number in fell_behind {
+            if self.room.cut_off(&mut state, number) {
+                self.room.broadcast(&mut state, left_message(number));
+            }
+        }
     }
 
     /// Leaves the room: the member's stream ends with `outcome` (after its queued messages
@@ -274,6 +408,34 @@ impl Drop for Membership {
     }
 }
 
+/// One queued message: shared with every other queue it was delivered to, and whether
+/// this member gets it as history.
+#[derive(Debug)]
+struct Queued {
+    message: Arc<pb::ChatMessage>,
+    history: bool,
+}
+
+impl Queued {
+    fn live(message: Arc<pb::ChatMessage>) -> Self {
+        Self {
+            message,
+            history: false,
+        }
+    }
+
+    fn history(message: Arc<pb::ChatMessage>) -> Self {
+        Self {
+            message,
+            history: true,
+        }
+    }
+
+    fn is_notice(&self) -> bool {
+        self.message.sender == SYSTEM_SENDER
+    }
+}
+
 /// A bounded queue of messages for one member, read by its [`Outbound`] stream.
 #[derive(Debug, Default)]
 struct Mailbox {
@@ -285,10 +447,12 @@ struct Mailbox {
 
 #[derive(Debug, Default)]
 struct MailboxState {
-    queue: VecDeque<pb::ChatMessage>,
+    queue: VecDeque<Queued>,
     /// How many of the queued messages are members' chat (not System notices): the count
     /// the member's capacity limits.
     chat_queued: usize,
+    /// [`message_cost`] of the queued chat messages: what the byte budget limits.
+    chat_bytes: usize,
     /// How the stream ends once the queue is empty: `Ok` cleanly, `Err` with a status
     /// (an error skips the queue: the member is cut off, not served its backlog).
     end: Option<Result<(), Status>>,
@@ -304,26 +468,31 @@ impl Mailbox {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues a message; false if the queue already holds `capacity` chat messages, or,
-    /// for a System notice, [`NOTICE_ALLOWANCE`] times that many messages in all.
-    fn push(&self, message: pb::ChatMessage, capacity: usize) -> bool {
+    /// Queues a message; false if the queue is full: for chat, `queue_capacity` messages or
+    /// `max_backlog_bytes` bytes already waiting (one message alone always fits); for a
+    /// System notice, [`NOTICE_ALLOWANCE`] times the capacity in messages of any kind.
+    fn push(&self, queued: Queued, limits: &RoomLimits) -> bool {
         let mut state = self.lock();
         if state.end.is_some() {
             return true; // Ending anyway; nothing more is delivered.
         }
-        let is_notice = message.sender == SYSTEM_SENDER;
+        let is_notice = queued.is_notice();
+        let cost = message_cost(&queued.message);
         let full = if is_notice {
-            state.queue.len() >= capacity.saturating_mul(NOTICE_ALLOWANCE)
+            state.queue.len() >= limits.queue_capacity.saturating_mul(NOTICE_ALLOWANCE)
         } else {
-            state.chat_queued >= capacity
+            state.chat_queued >= limits.queue_capacity
+                || (state.chat_queued > 0
+                    && state.chat_bytes.saturating_add(cost) > limits.max_backlog_bytes)
         };
         if full {
             return false;
         }
         if !is_notice {
             state.chat_queued += 1;
+            state.chat_bytes += cost;
         }
-        state.queue.push_back(message);
+        state.queue.push_back(queued);
         let waker = state.waker.take();
         drop(state);
         if let Some(waker) = waker {
@@ -332,8 +501,14 @@ impl Mailbox {
         true
     }
 
-    fn push_unbounded(&self, message: pb::ChatMessage) {
-        self.push(message, usize::MAX);
+    fn push_unbounded(&self, queued: Queued) {
+        let unbounded = RoomLimits {
+            queue_capacity: usize::MAX,
+            max_backlog_bytes: usize::MAX,
+            max_message_bytes: usize::MAX,
+            history_length: 0,
+        };
+        self.push(queued, &unbounded);
     }
 
     /// Ends the stream with `outcome`, unless it already has an ending. An error frees the
@@ -344,6 +519,7 @@ impl Mailbox {
             if outcome.is_err() {
                 state.queue = VecDeque::new();
                 state.chat_queued = 0;
+                state.chat_bytes = 0;
             }
             state.end = Some(outcome);
         }
@@ -373,15 +549,21 @@ impl Stream for Outbound {
                 return Poll::Ready(Some(Err(status)));
             }
         }
-        if let Some(message) = state.queue.pop_front() {
-            if message.sender != SYSTEM_SENDER {
+        if let Some(queued) = state.queue.pop_front() {
+            if !queued.is_notice() {
                 state.chat_queued -= 1;
+                state.chat_bytes -= message_cost(&queued.message);
             }
             // A burst (a wave of joins) grows the queue; a VecDeque never gives that space
             // back by itself, and with a thousand members it was ~10 KiB each, measured.
             if state.queue.is_empty() && state.queue.capacity() > IDLE_QUEUE_CAPACITY {
                 state.queue.shrink_to(IDLE_QUEUE_CAPACITY);
             }
+            drop(state);
+            // The one copy per member, made just before tonic encodes it and dropped
+            // right after: a queue holds only the shared message.
+            let mut message = Arc::unwrap_or_clone(queued.message);
+            message.history = queued.history;
             return Poll::Ready(Some(Ok(message)));
         }
         if state.end.is_some() {
@@ -409,7 +591,9 @@ mod tests {
     fn room(queue_capacity: usize) -> (Arc<ChatRoom>, Gauge) {
         let limits = RoomLimits {
             queue_capacity,
+            max_backlog_bytes: 1 << 20,
             max_message_bytes: 10,
+            history_length: 0,
         };
         (ChatRoom::new(limits), Gauge::default())
     }
@@ -419,6 +603,7 @@ mod tests {
             sender: "spoofed".into(),
             message: message.into(),
             timestamp: "12:00:00".into(),
+            history: false,
         }
     }
 
@@ -453,14 +638,14 @@ mod tests {
         let mut two = room.join(gauge.enter()).expect("join");
         let mut out_two = two.outbound();
         assert_eq!((one.name(), two.name()), ("Client(1)", "Client(2)"));
-        one.say(text("hi")).expect("say");
-        two.say(text("hello")).expect("say");
+        one.say(text("hi"));
+        two.say(text("hello"));
         two.leave(Ok(()));
         drop(two);
         let mut three = room.join(gauge.enter()).expect("join");
         assert_eq!(three.name(), "Client(3)", "numbers are not reused");
         let mut out_three = three.outbound();
-        three.say(text("yo")).expect("say");
+        three.say(text("yo"));
         drop(three);
 
         let (lines, end) = drain(&mut out_one);
@@ -468,6 +653,7 @@ mod tests {
             lines,
             [
                 "System: Client(1) has joined the chat",
+                "System: You are Client(1)",
                 "System: Client(2) has joined the chat",
                 "Client(1): hi",
                 "Client(2): hello",
@@ -483,6 +669,7 @@ mod tests {
             lines,
             [
                 "System: Client(2) has joined the chat",
+                "System: You are Client(2)",
                 "Client(1): hi",
                 "Client(2): hello",
             ],
@@ -492,7 +679,11 @@ mod tests {
         let (lines, _) = drain(&mut out_three);
         assert_eq!(
             lines,
-            ["System: Client(3) has joined the chat", "Client(3): yo"]
+            [
+                "System: Client(3) has joined the chat",
+                "System: You are Client(3)",
+                "Client(3): yo"
+            ]
         );
 
         drop(one);
@@ -513,7 +704,7 @@ mod tests {
         // Notices do not count: three chat messages fill the stuck member's queue of three,
         // and the fourth cuts it off.
         for word in ["a", "b", "c", "d"] {
-            talker.say(text(word)).expect("say");
+            talker.say(text(word));
             let (lines, _) = drain(&mut talker_out);
             assert_eq!(lines[0], format!("Client(1): {word}"));
         }
@@ -525,13 +716,13 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "error: you fell too far behind: 3 messages were waiting for you; you have been removed from the chat"
+                "error: you fell too far behind: 3 messages or 1MiB were waiting for you; you have been removed from the chat"
             ],
             "the backlog is dropped, the error comes at once"
         );
         // talker saw "d" and the leave notice in the same drain above.
         drop(stuck);
-        talker.say(text("e")).expect("still works");
+        talker.say(text("e"));
         assert_eq!(drain(&mut talker_out).0, ["Client(1): e"]);
     }
 
@@ -543,8 +734,9 @@ mod tests {
         let mut first = room.join(gauge.enter()).expect("join");
         let mut first_out = first.outbound();
         let mut others = Vec::new();
-        // The first member's own join notice is queued too: it takes 3 × 16 in all.
-        for _ in 0..(3 * NOTICE_ALLOWANCE - 1) {
+        // The first member's own join notice and its name are queued too: it takes 3 × 16
+        // in all.
+        for _ in 0..(3 * NOTICE_ALLOWANCE - 2) {
             others.push(room.join(gauge.enter()).expect("join"));
         }
         assert!(
@@ -554,7 +746,7 @@ mod tests {
         let (lines, end) = drain(&mut first_out);
         assert_eq!(end, None);
         assert_eq!(lines.len(), 3 * NOTICE_ALLOWANCE);
-        assert_eq!(lines[1], "System: Client(2) has joined the chat");
+        assert_eq!(lines[2], "System: Client(2) has joined the chat");
 
         // Now unread again: one notice past the allowance cuts it off.
         for _ in 0..=(3 * NOTICE_ALLOWANCE) {
@@ -570,19 +762,139 @@ mod tests {
         );
     }
 
-    /// Over-long messages are refused with the limit named; nothing is delivered.
+    /// An over-long message is refused to its sender alone, naming the limit; the sender
+    /// stays in the room and the others see nothing.
     #[test]
-    fn over_long_messages_are_refused() {
+    fn over_long_messages_are_refused_to_the_sender_alone() {
         let (room, gauge) = room(10);
         let mut member = room.join(gauge.enter()).expect("join");
         let mut out = member.outbound();
+        let mut other = room.join(gauge.enter()).expect("join");
+        let mut other_out = other.outbound();
         drain(&mut out);
-        let error = member.say(text("12345678901")).expect_err("too long");
+        drain(&mut other_out);
+        member.say(text("12345678901"));
         assert_eq!(
-            error.to_string(),
-            "chat message is 11 bytes; the limit is 10 bytes"
+            drain(&mut out),
+            (
+                vec![
+                    "System: Your message was not sent: chat message is 11 bytes; the limit is 10 bytes (10B)"
+                        .to_owned()
+                ],
+                None
+            )
         );
-        assert!(drain(&mut out).0.is_empty());
+        assert!(drain(&mut other_out).0.is_empty());
+        member.say(text("short"));
+        assert_eq!(drain(&mut other_out).0, ["Client(1): short"]);
+    }
+
+    /// `/who` is answered to the asker alone, naming everyone in the room.
+    #[test]
+    fn who_answers_the_asker_alone() {
+        let (room, gauge) = room(10);
+        let mut one = room.join(gauge.enter()).expect("join");
+        let mut out_one = one.outbound();
+        let mut two = room.join(gauge.enter()).expect("join");
+        let mut out_two = two.outbound();
+        drain(&mut out_one);
+        drain(&mut out_two);
+        two.say(text(" /who "));
+        assert_eq!(
+            drain(&mut out_two).0,
+            ["System: In the room (2): Client(1), Client(2)"]
+        );
+        assert!(drain(&mut out_one).0.is_empty());
+    }
+
+    /// A newcomer gets the last `history_length` chat messages, marked as history, after
+    /// its join notice and its name; notices are not history; live members get them once.
+    #[test]
+    fn newcomers_get_a_bounded_history() {
+        let limits = RoomLimits {
+            queue_capacity: 10,
+            max_backlog_bytes: 1 << 20,
+            max_message_bytes: 100,
+            history_length: 2,
+        };
+        let room = ChatRoom::new(limits);
+        let gauge = Gauge::default();
+        let one = room.join(gauge.enter()).expect("join");
+        for word in ["a", "b", "c"] {
+            one.say(text(word));
+        }
+        let mut late = room.join(gauge.enter()).expect("join");
+        let mut out = late.outbound();
+        let waker = Waker::noop();
+        let mut context = Context::from_waker(waker);
+        let mut seen = Vec::new();
+        while let Poll::Ready(Some(Ok(message))) = Pin::new(&mut out).poll_next(&mut context) {
+            seen.push(format!(
+                "{} {}: {}",
+                message.history, message.sender, message.message
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                "false System: Client(2) has joined the chat",
+                "false System: You are Client(2)",
+                "true Client(1): b",
+                "true Client(1): c",
+            ]
+        );
+    }
+
+    /// Chat memory is bounded by design: a message to 200 members is stored once, and
+    /// members that never read are cut off once their backlog passes its byte budget, so
+    /// the room holds about one backlog of distinct messages however many stop reading.
+    #[test]
+    fn stuck_members_cost_one_shared_backlog() {
+        const MEMBERS: usize = 200;
+        const MESSAGE: usize = 64 * 1024;
+        const BACKLOG: usize = 1024 * 1024;
+        let limits = RoomLimits {
+            queue_capacity: 256,
+            max_backlog_bytes: BACKLOG,
+            max_message_bytes: MESSAGE,
+            history_length: 20,
+        };
+        let room = ChatRoom::new(limits);
+        let gauge = Gauge::default();
+        let mut stuck: Vec<(Membership, Outbound)> = (0..MEMBERS)
+            .map(|_| {
+                let mut member = room.join(gauge.enter()).expect("join");
+                let outbound = member.outbound();
+                (member, outbound)
+            })
+            .collect();
+        let mut sender = room.join(gauge.enter()).expect("join");
+        let mut sender_out = sender.outbound();
+        let big = "x".repeat(MESSAGE);
+        let mut most_held = 0;
+        for _ in 0..100 {
+            sender.say(text(&big));
+            drain(&mut sender_out);
+            most_held = most_held.max(room.held_bytes());
+        }
+        // Without sharing, 200 members × 15 queued messages would be ~200 MiB; without
+        // the byte budget, each would queue up to 256 × 64 KiB.
+        assert!(
+            most_held <= BACKLOG + 2 * MESSAGE,
+            "the room held {most_held} bytes at most; a backlog is {BACKLOG}"
+        );
+        assert_eq!(
+            room.member_numbers().len(),
+            1,
+            "every stuck member was cut off"
+        );
+        for (_, outbound) in &mut stuck {
+            assert_eq!(drain(outbound).1, Some(tonic::Code::ResourceExhausted));
+        }
+        assert!(
+            room.held_bytes() <= BACKLOG / 2 + MESSAGE,
+            "only the history remains"
+        );
     }
 
     /// Closing tells everyone, ends every stream cleanly and refuses later joins.
@@ -596,7 +908,14 @@ mod tests {
         while let Some(item) = out.next().await {
             lines.push(item.expect("clean").message);
         }
-        assert_eq!(lines, ["Client(1) has joined the chat", SHUTDOWN_NOTICE]);
+        assert_eq!(
+            lines,
+            [
+                "Client(1) has joined the chat",
+                "You are Client(1)",
+                SHUTDOWN_NOTICE
+            ]
+        );
         assert!(matches!(
             room.join(gauge.enter()),
             Err(StreamingError::ShuttingDown)

@@ -7,7 +7,7 @@
 //! (stdout in the binary); the progress bar and diagnostics go to stderr.
 
 use std::{
-    io::Write,
+    io::{IsTerminal as _, Write},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -26,8 +26,17 @@ use crate::{CHUNK_SIZE, chat::SYSTEM_SENDER};
 /// The prompt of the old script's upload step.
 pub const UPLOAD_PROMPT: &str = "Enter file path to upload (or press Enter to skip): ";
 
-/// The line that leaves the chat.
+/// The line that leaves the chat (the old client's word).
 pub const QUIT: &str = "quit";
+
+/// The other line that leaves the chat, as chat programs spell it.
+pub const SLASH_QUIT: &str = "/quit";
+
+/// Whether `line` asks to leave the chat.
+pub fn is_quit(line: &str) -> bool {
+    let line = line.trim();
+    line == QUIT || line == SLASH_QUIT
+}
 
 /// How long, after leaving, the chat waits for the server to end the stream (it delivers
 /// what was said before the leave first).
@@ -103,6 +112,12 @@ impl Input {
         Self { lines }
     }
 
+    /// Lines from any source (the binary's line editor): each received line, then the end
+    /// of input when every sender is gone.
+    pub fn from_channel(lines: mpsc::Receiver<String>) -> Self {
+        Self { lines }
+    }
+
     /// These lines, then the end of input.
     pub fn scripted<I, S>(lines: I) -> Self
     where
@@ -129,28 +144,57 @@ impl Input {
 #[derive(Debug)]
 pub struct Interrupts {
     receiver: Option<mpsc::UnboundedReceiver<()>>,
+    /// Another way in for the same interrupts: a line editor in raw mode reads Ctrl+C as a
+    /// key, not a signal, and reports it here.
+    sender: Option<mpsc::UnboundedSender<()>>,
 }
 
 impl Interrupts {
     /// Every Ctrl+C from now on. Once this runs, Ctrl+C no longer kills the process: each
-    /// step decides what it means. Must be called inside a tokio runtime.
+    /// step decides what it means. The terminal shows `^C` where the cursor was, so a
+    /// newline goes to stderr (when it is a terminal) and what follows starts on a line of
+    /// its own. Must be called inside a tokio runtime.
     pub fn ctrl_c() -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
+        let signalled = sender.clone();
         tokio::spawn(async move {
             while tokio::signal::ctrl_c().await.is_ok() {
-                if sender.send(()).is_err() {
+                if std::io::stderr().is_terminal() {
+                    eprintln!();
+                }
+                if signalled.send(()).is_err() {
                     break;
                 }
             }
         });
         Self {
             receiver: Some(receiver),
+            sender: Some(sender),
         }
     }
 
     /// Never interrupted (tests, scripted runs).
     pub fn none() -> Self {
-        Self { receiver: None }
+        Self {
+            receiver: None,
+            sender: None,
+        }
+    }
+
+    /// Scripted interrupts: each `()` sent on the returned sender is one (tests).
+    pub fn channel() -> (mpsc::UnboundedSender<()>, Self) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let interrupts = Self {
+            receiver: Some(receiver),
+            sender: Some(sender.clone()),
+        };
+        (sender, interrupts)
+    }
+
+    /// A sender that raises these interrupts from elsewhere (a line editor that reads
+    /// Ctrl+C as a key); `None` for [`Interrupts::none`].
+    pub fn sender(&self) -> Option<mpsc::UnboundedSender<()>> {
+        self.sender.clone()
     }
 
     /// Resolves at the next interrupt; never, if there are none to come.
@@ -216,6 +260,7 @@ impl<W: Write> Session<W> {
     /// The old script's three steps.
     async fn flow(&mut self, options: &FlowOptions) -> anyhow::Result<()> {
         match options.time_updates {
+            Some(1) => writeln!(self.out, "--- Server time (1 update) ---")?,
             Some(count) => writeln!(self.out, "--- Server time ({count} updates) ---")?,
             None => writeln!(self.out, "--- Server time (press Ctrl+C to go on) ---")?,
         }
@@ -255,7 +300,7 @@ impl<W: Write> Session<W> {
 
         writeln!(
             self.out,
-            "--- Chat (type a message and press Enter; `{QUIT}` leaves) ---"
+            "--- Chat (type a message and press Enter; /who lists the room; `{QUIT}` or `{SLASH_QUIT}` leaves) ---"
         )?;
         self.chat().await?;
         anyhow::ensure!(!upload_failed, "the upload failed (see above)");
@@ -341,7 +386,9 @@ impl<W: Write> Session<W> {
             "the server did not store the file: {}",
             answer.message
         );
-        writeln!(self.out, "{} ({})", answer.message, answer.file_path)?;
+        // The old script's two lines, word for word.
+        writeln!(self.out, "Upload response: {}", answer.message)?;
+        writeln!(self.out, "File path: {}", answer.file_path)?;
         if answer.sha256.is_empty() {
             // A server without the checksum field (the old one) cannot be checked.
             writeln!(
@@ -377,16 +424,17 @@ impl<W: Write> Session<W> {
             .map_err(status_error)?
             .into_inner();
         let mut outgoing = Some(outgoing);
+        let mut shown = Shown::default();
         let leave_deadline = tokio::time::sleep(Duration::MAX / 4);
         tokio::pin!(leave_deadline);
         loop {
             tokio::select! {
                 message = incoming.message() => match message.map_err(status_error)? {
-                    Some(message) => self.print_chat(&message)?,
+                    Some(message) => self.print_chat(&message, &mut shown)?,
                     None => return Ok(()),
                 },
                 line = self.input.next_line(), if outgoing.is_some() => match line {
-                    Some(line) if line.trim() != QUIT => {
+                    Some(line) if !is_quit(&line) => {
                         if line.trim().is_empty() {
                             continue;
                         }
@@ -396,6 +444,7 @@ impl<W: Write> Session<W> {
                             timestamp: chrono::Local::now()
                                 .format(crate::chat::CHAT_TIME_FORMAT)
                                 .to_string(),
+                            history: false,
                         };
                         if let Some(sender) = &outgoing
                             && sender.send(message).await.is_err()
@@ -420,17 +469,57 @@ impl<W: Write> Session<W> {
         }
     }
 
-    fn print_chat(&mut self, message: &pb::ChatMessage) -> std::io::Result<()> {
-        if message.sender == SYSTEM_SENDER {
-            writeln!(self.out, "[{}] {}", message.timestamp, message.message)
-        } else {
-            writeln!(
-                self.out,
-                "[{}] {}: {}",
-                message.timestamp, message.sender, message.message
-            )
+    fn print_chat(&mut self, message: &pb::ChatMessage, shown: &mut Shown) -> std::io::Result<()> {
+        if message.history && !shown.in_history {
+            writeln!(self.out, "--- Earlier messages ---")?;
+            shown.in_history = true;
+        } else if !message.history && shown.in_history {
+            writeln!(self.out, "--- End of earlier messages ---")?;
+            shown.in_history = false;
+        }
+        writeln!(self.out, "{}", chat_line(message))
+    }
+}
+
+/// What the chat has shown so far, for the lines that frame the history.
+#[derive(Debug, Default)]
+struct Shown {
+    /// The last message shown was from the room's history.
+    in_history: bool,
+}
+
+/// How a chat message is shown: `[14:30:10] Client(1): text`, or `[14:30:10] text` for the
+/// server's own, with the time in one format whoever sent it ([`chat_time`]).
+pub fn chat_line(message: &pb::ChatMessage) -> String {
+    let time = chat_time(&message.timestamp);
+    if message.sender == SYSTEM_SENDER {
+        format!("[{time}] {}", message.message)
+    } else {
+        format!("[{time}] {}: {}", message.sender, message.message)
+    }
+}
+
+/// A sender's timestamp shown as `HH:MM:SS`, whatever form the sender used: our clients
+/// and the old ones send `14:30:10`, others a fraction of a second, a date and time, or
+/// RFC 3339 (shown in local time). Anything else is shown as it came, rather than lost.
+pub fn chat_time(timestamp: &str) -> String {
+    use chrono::{DateTime, Local, NaiveDateTime, NaiveTime};
+    let trimmed = timestamp.trim();
+    if let Ok(time) = DateTime::parse_from_rfc3339(trimmed) {
+        return time
+            .with_timezone(&Local)
+            .format(crate::chat::CHAT_TIME_FORMAT)
+            .to_string();
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(time) = NaiveDateTime::parse_from_str(trimmed, format) {
+            return time.format(crate::chat::CHAT_TIME_FORMAT).to_string();
         }
     }
+    if let Ok(time) = NaiveTime::parse_from_str(trimmed, "%H:%M:%S%.f") {
+        return time.format(crate::chat::CHAT_TIME_FORMAT).to_string();
+    }
+    trimmed.to_owned()
 }
 
 /// The size and SHA-256 (lowercase hex) of a file, read on a blocking thread.

@@ -78,7 +78,10 @@ pub enum StreamingError {
     #[error("a server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     /// A chat message longer than the server accepts.
-    #[error("chat message is {size} bytes; the limit is {limit} bytes")]
+    #[error(
+        "chat message is {size} bytes; the limit is {limit} bytes ({})",
+        grpc_suite::size::Size(*limit as u64)
+    )]
     ChatMessageTooLong {
         /// Bytes in the `message` field.
         size: usize,
@@ -87,11 +90,14 @@ pub enum StreamingError {
     },
     /// A chat member's queue overflowed: it is cut off.
     #[error(
-        "you fell too far behind: {capacity} messages were waiting for you; you have been removed from the chat"
+        "you fell too far behind: {capacity} messages or {} were waiting for you; you have been removed from the chat",
+        grpc_suite::size::Size(*bytes as u64)
     )]
     FellBehind {
-        /// The per-client queue size.
+        /// The per-client queue size, in messages.
         capacity: usize,
+        /// The per-client queue size, in bytes.
+        bytes: usize,
     },
     /// The server is stopping and takes no new streams.
     #[error("the server is shutting down")]

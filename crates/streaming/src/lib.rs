@@ -4,7 +4,8 @@
 //! - [`time`]: StreamServerTime, one time a second until the client goes.
 //! - [`upload`]: StreamUploadFile, written to disk as it arrives and put in place only when
 //!   complete and as declared.
-//! - [`chat`]: ChatStream's room: names, one order, a bounded queue per member.
+//! - [`chat`]: ChatStream's room: names, one order, history, `/who`, and a queue per
+//!   member bounded in messages and bytes.
 //! - [`service`]: the gRPC handlers over those; [`error`](StreamingError): the statuses.
 //! - [`client`]: what `streaming_client` does, against any input and output.
 //!
@@ -45,6 +46,15 @@ pub const DEFAULT_MAX_CHAT_MESSAGE_SIZE: usize = 64 * 1024;
 /// message limit that bounds one client's backlog to 16 MiB; ordinary chat lines are tiny.
 pub const DEFAULT_CHAT_QUEUE_CAPACITY: NonZeroUsize = NonZeroUsize::new(256).unwrap();
 
+/// Bytes of chat messages that may wait for one slow client before it is cut off: 64
+/// messages at the default message limit, far more ordinary lines than the queue's count
+/// allows. Messages are shared between members, so this bounds what a stuck client pins,
+/// not a copy per client.
+pub const DEFAULT_CHAT_BACKLOG_BYTES: usize = 4 * 1024 * 1024;
+
+/// Chat messages a newcomer receives from before it joined.
+pub const DEFAULT_CHAT_HISTORY: usize = 20;
+
 /// The size of upload chunks the clients send.
 pub const CHUNK_SIZE: usize = 1024 * 1024;
 
@@ -64,6 +74,10 @@ pub struct Config {
     pub max_chat_message_size: usize,
     /// Messages that may wait for one chat client before it is cut off.
     pub chat_queue_capacity: NonZeroUsize,
+    /// Bytes of messages that may wait for one chat client before it is cut off.
+    pub chat_backlog_bytes: usize,
+    /// Chat messages replayed to a newcomer (0: none).
+    pub chat_history: usize,
 }
 
 impl Default for Config {
@@ -73,6 +87,8 @@ impl Default for Config {
             max_upload_size: DEFAULT_MAX_UPLOAD_SIZE,
             max_chat_message_size: DEFAULT_MAX_CHAT_MESSAGE_SIZE,
             chat_queue_capacity: DEFAULT_CHAT_QUEUE_CAPACITY,
+            chat_backlog_bytes: DEFAULT_CHAT_BACKLOG_BYTES,
+            chat_history: DEFAULT_CHAT_HISTORY,
         }
     }
 }

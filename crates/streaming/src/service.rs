@@ -37,7 +37,9 @@ impl StreamingService {
             max_upload_size: config.max_upload_size,
             room: ChatRoom::new(RoomLimits {
                 queue_capacity: config.chat_queue_capacity.get(),
+                max_backlog_bytes: config.chat_backlog_bytes,
                 max_message_bytes: config.max_chat_message_size,
+                history_length: config.chat_history,
             }),
             activity: Activity::default(),
             shutdown: CancellationToken::new(),
@@ -48,6 +50,12 @@ impl StreamingService {
     /// Live counts of time streams, uploads and chat members.
     pub fn activity(&self) -> Activity {
         self.activity.clone()
+    }
+
+    /// Bytes of distinct chat messages held in members' queues and the history now (a
+    /// message queued for many members counted once).
+    pub fn chat_held_bytes(&self) -> usize {
+        self.room.held_bytes()
     }
 
     /// Ends every long stream: time streams stop, chat members are told
@@ -144,12 +152,9 @@ async fn read_member(mut inbound: Streaming<pb::ChatMessage>, mut member: Member
         tokio::select! {
             () = member.gone() => break Ok(()),
             next = inbound.message() => match next {
-                Ok(Some(message)) => {
-                    if let Err(error) = member.say(message) {
-                        tracing::info!(member = member.name(), %error, "message refused");
-                        break Err(Status::from(error));
-                    }
-                }
+                // Refusals (an over-long message) are told to the member alone, in the
+                // room; its stream stays open.
+                Ok(Some(message)) => member.say(message),
                 Ok(None) => break Ok(()),
                 Err(status) => {
                     tracing::debug!(member = member.name(), %status, "chat stream failed");

@@ -551,6 +551,7 @@ impl Member {
             sender: "me, not Client(N)".into(),
             message: text.into(),
             timestamp: "01:02:03".into(),
+            history: false,
         };
         self.outgoing
             .as_ref()
@@ -560,14 +561,24 @@ impl Member {
             .expect("send");
     }
 
-    /// The next message as `sender: text`.
+    /// The next message as `sender: text`, skipping the `You are Client(N)` line each
+    /// newcomer gets (tests of it use [`Member::next_message`]).
     async fn next(&mut self) -> String {
-        let message = tokio::time::timeout(TIMEOUT, self.incoming.message())
+        loop {
+            let message = self.next_message().await;
+            if !(message.sender == "System" && message.message.starts_with("You are ")) {
+                return format!("{}: {}", message.sender, message.message);
+            }
+        }
+    }
+
+    /// The next message, whatever it is.
+    async fn next_message(&mut self) -> pb::ChatMessage {
+        tokio::time::timeout(TIMEOUT, self.incoming.message())
             .await
             .expect("a message in time")
             .expect("stream ok")
-            .expect("stream still open");
-        format!("{}: {}", message.sender, message.message)
+            .expect("stream still open")
     }
 
     /// How the stream ends, after skipping whatever messages come first.
@@ -703,8 +714,8 @@ async fn a_stuck_chat_client_is_cut_off_without_delaying_others() {
     settle(&harness.activity.chat_members, 1).await;
 }
 
-/// An over-long chat message ends that client's stream with INVALID_ARGUMENT naming the
-/// limit; the others see it leave and carry on.
+/// An over-long chat message is refused to its sender alone with a System message naming
+/// the limit; its stream stays open and the others see nothing of it.
 #[tokio::test]
 async fn over_long_chat_message_is_refused() {
     let harness = Harness::start_with(|config| config.max_chat_message_size = 100).await;
@@ -714,15 +725,115 @@ async fn over_long_chat_message_is_refused() {
     one.next().await;
     two.next().await;
     two.say(&"y".repeat(101)).await;
-    let status = two.end().await.expect_err("refused");
-    assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(
-        status.message(),
-        "chat message is 101 bytes; the limit is 100 bytes"
+        two.next().await,
+        "System: Your message was not sent: chat message is 101 bytes; the limit is 100 bytes (100B)"
     );
-    assert_eq!(one.next().await, "System: Client(2) has left the chat");
-    one.say(&"z".repeat(100)).await;
-    assert_eq!(one.next().await, format!("Client(1): {}", "z".repeat(100)));
+    two.say("short").await;
+    assert_eq!(
+        one.next().await,
+        "Client(2): short",
+        "one saw nothing before"
+    );
+    assert_eq!(two.next().await, "Client(2): short", "two is still in");
+    settle(&harness.activity.chat_members, 2).await;
+}
+
+/// A newcomer alone is told its name; `/who` answers the asker alone; a late joiner gets
+/// the room's last messages marked as history, and the client shows them framed and with
+/// every sender's timestamp in one format.
+#[tokio::test]
+async fn newcomer_name_who_and_history() {
+    let harness = Harness::start_with(|config| config.chat_history = 2).await;
+    let mut one = Member::join(harness.server.channel().await).await;
+    assert_eq!(
+        one.next_message().await.message,
+        "Client(1) has joined the chat"
+    );
+    let you = one.next_message().await;
+    assert_eq!(
+        (you.sender.as_str(), you.message.as_str()),
+        ("System", "You are Client(1)")
+    );
+    for text in ["first", "second", "third"] {
+        one.say(text).await;
+        one.next().await;
+    }
+    one.say("/who").await;
+    assert_eq!(one.next().await, "System: In the room (1): Client(1)");
+
+    let mut two = Member::join(harness.server.channel().await).await;
+    assert_eq!(one.next().await, "System: Client(2) has joined the chat");
+    assert_eq!(two.next().await, "System: Client(2) has joined the chat");
+    assert_eq!(two.next_message().await.message, "You are Client(2)");
+    for expected in ["second", "third"] {
+        let message = two.next_message().await;
+        assert!(message.history, "{message:?}");
+        assert_eq!(
+            (message.sender.as_str(), message.message.as_str()),
+            ("Client(1)", expected)
+        );
+    }
+    two.say("/who").await;
+    assert_eq!(
+        two.next().await,
+        "System: In the room (2): Client(1), Client(2)"
+    );
+    one.say("live").await;
+    let live = two.next_message().await;
+    assert!(!live.history);
+    assert_eq!(live.message, "live");
+
+    // The client's view of the same room, with a timestamp in another format.
+    let mut history = pb::ChatMessage {
+        sender: "Client(1)".into(),
+        message: "before".into(),
+        timestamp: "2026-01-02T03:04:05.678".into(),
+        history: true,
+    };
+    assert_eq!(
+        streaming_service::client::chat_line(&history),
+        "[03:04:05] Client(1): before"
+    );
+    history.timestamp = "03:04:05.678".into();
+    assert_eq!(
+        streaming_service::client::chat_line(&history),
+        "[03:04:05] Client(1): before"
+    );
+    history.timestamp = "not a time".into();
+    assert_eq!(
+        streaming_service::client::chat_line(&history),
+        "[not a time] Client(1): before"
+    );
+
+    let mut session = Session::new(
+        harness.server.channel().await,
+        Input::scripted(["hello"]),
+        Interrupts::none(),
+        Vec::new(),
+    );
+    tokio::time::timeout(
+        TIMEOUT,
+        session.run(
+            Some(streaming_service::client::Command::Chat),
+            &FlowOptions::default(),
+        ),
+    )
+    .await
+    .expect("in time")
+    .expect("chat");
+    let printed = String::from_utf8(session.into_output()).expect("utf-8");
+    let lines: Vec<&str> = printed.lines().collect();
+    assert!(
+        lines[0].ends_with("] Client(3) has joined the chat"),
+        "{printed}"
+    );
+    assert!(lines[1].ends_with("] You are Client(3)"), "{printed}");
+    assert_eq!(lines[2], "--- Earlier messages ---", "{printed}");
+    assert!(lines[3].ends_with("] Client(1): third"), "{printed}");
+    assert!(lines[4].ends_with("] Client(1): live"), "{printed}");
+    assert_eq!(lines[5], "--- End of earlier messages ---", "{printed}");
+    assert!(lines[6].ends_with("] Client(3): hello"), "{printed}");
 }
 
 /// On shutdown every chat client is told and its stream ends cleanly; the server stops.
@@ -848,28 +959,29 @@ async fn client_flow_with_scripted_input() {
     assert_eq!(
         lines[4],
         format!(
-            "{}File notes.txt uploaded successfully ({})",
+            "{}Upload response: File notes.txt uploaded successfully",
             streaming_service::client::UPLOAD_PROMPT,
-            stored.display()
         )
     );
+    assert_eq!(lines[5], format!("File path: {}", stored.display()));
     assert_eq!(
-        lines[5],
+        lines[6],
         format!(
             "Checksum OK: 10 bytes, SHA-256 {} matches the local file",
             sha256_hex(b"some notes")
         )
     );
-    assert!(lines[6].starts_with("--- Chat"), "{printed}");
+    assert!(lines[7].starts_with("--- Chat"), "{printed}");
     assert!(
-        lines[7].ends_with("] Client(1) has joined the chat"),
+        lines[8].ends_with("] Client(1) has joined the chat"),
         "{printed}"
     );
+    assert!(lines[9].ends_with("] You are Client(1)"), "{printed}");
     assert!(
-        lines[8].ends_with("] Client(1): hello everyone"),
+        lines[10].ends_with("] Client(1): hello everyone"),
         "{printed}"
     );
-    assert_eq!(lines.len(), 9, "{printed}");
+    assert_eq!(lines.len(), 11, "{printed}");
     assert_eq!(std::fs::read(stored).expect("stored"), b"some notes");
 }
 
@@ -961,7 +1073,10 @@ fn binaries_with_piped_stdin_and_graceful_stop() {
     )));
     let absolute = std::fs::canonicalize(&upload_dir).expect("canonical");
     server
-        .wait_for_stdout(&format!("Files will be stored in: {}", absolute.display()))
+        .wait_for_stdout(&format!(
+            "Streamed files will be stored in: {}",
+            absolute.display()
+        ))
         .expect("folder line");
     let url = server.url();
     let client = || {
@@ -977,13 +1092,14 @@ fn binaries_with_piped_stdin_and_graceful_stop() {
         .success();
     let stdout = String::from_utf8_lossy(&chat.get_output().stdout).into_owned();
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines.len(), 3, "{stdout}");
     assert!(
         lines[0].ends_with("] Client(1) has joined the chat"),
         "{stdout}"
     );
+    assert!(lines[1].ends_with("] You are Client(1)"), "{stdout}");
     assert!(
-        lines[1].ends_with("] Client(1): hello from a pipe"),
+        lines[2].ends_with("] Client(1): hello from a pipe"),
         "{stdout}"
     );
     let stamp = &lines[0][1..9];
@@ -1095,4 +1211,76 @@ fn python_client_uses_all_three_methods() {
     let target = format!("127.0.0.1:{}", server.port);
     testkit::run_python(&script, &[&target, upload_dir.to_str().expect("utf-8")])
         .expect("python client passes");
+}
+
+/// The lines the old system's README documents, word for word (seed README, "Client
+/// Streaming - File Upload" and "Bidirectional Streaming - Chat System"): run from a
+/// folder holding `example.txt`, with the default `streamed_files` folder, the server and
+/// client print exactly these.
+#[test]
+fn seed_readme_lines_are_printed_as_documented() {
+    const SEED_UPLOAD: [&str; 2] = [
+        "Upload response: File example.txt uploaded successfully",
+        "File path: streamed_files/example.txt",
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("example.txt"), "example").expect("write");
+    // testkit starts binaries in our own folder; the shell moves the server to the temp
+    // folder so its default, relative `streamed_files` lands (and shows) there.
+    let script = format!(
+        "cd '{}' && exec '{}' --addr 127.0.0.1:0",
+        dir.path().display(),
+        cargo_bin("streaming_server").display()
+    );
+    let server = testkit::Launch::new("sh")
+        .args(["-c", &script])
+        .start()
+        .expect("server starts");
+    let absolute = std::fs::canonicalize(dir.path()).expect("canonical");
+    server
+        .wait_for_stdout(&format!(
+            "Streamed files will be stored in: {}",
+            absolute.join("streamed_files").display()
+        ))
+        .expect("the old folder line");
+
+    let upload = assert_cmd::Command::new(cargo_bin("streaming_client"))
+        .current_dir(dir.path())
+        .args(["--server", &server.url(), "upload", "example.txt"])
+        .timeout(TIMEOUT)
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&upload.get_output().stdout).into_owned();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..2], SEED_UPLOAD, "{stdout}");
+    assert!(lines[2].starts_with("Checksum OK: 7 bytes"), "{stdout}");
+    assert_eq!(lines.len(), 3, "{stdout}");
+
+    // `[14:30:00] Client(1) has joined the chat` / `[14:30:10] Client(1): Hello everyone!`
+    let chat = assert_cmd::Command::new(cargo_bin("streaming_client"))
+        .args(["--server", &server.url(), "chat"])
+        .write_stdin("Hello everyone!\n")
+        .timeout(TIMEOUT)
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&chat.get_output().stdout).into_owned();
+    let shapes: Vec<String> = stdout
+        .lines()
+        .map(|line| {
+            let (time, rest) = line.split_at(10);
+            assert!(
+                chrono::NaiveTime::parse_from_str(&time[1..9], "%H:%M:%S").is_ok(),
+                "{line}"
+            );
+            format!("[hh:mm:ss]{rest}")
+        })
+        .collect();
+    assert_eq!(
+        shapes,
+        [
+            "[hh:mm:ss] Client(1) has joined the chat",
+            "[hh:mm:ss] You are Client(1)",
+            "[hh:mm:ss] Client(1): Hello everyone!",
+        ]
+    );
 }

@@ -3,6 +3,7 @@
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
+use auth_service::client::Until;
 use clap::Parser;
 use grpc_suite::args::{ClientArgs, Service};
 
@@ -61,22 +62,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         args.password
     };
+    // Listening starts now, not when the session starts waiting: a Ctrl+C right after
+    // `Session active` is printed must log out, not kill the process.
+    let signalled = grpc_suite::server::shutdown_on_signals();
     let channel = args.connection.connect().await?;
     if args.print_session {
         let session_id = auth_service::client::login(channel, args.username, password).await?;
         println!("{session_id}");
         return Ok(());
     }
+    let until = match args.logout_after {
+        Some(seconds) => Until::Timer(Duration::from_secs(seconds)),
+        None => Until::Signal,
+    };
     let stop = async move {
-        match args.logout_after {
-            Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds)).await,
-            None => grpc_suite::server::wait_for_signal().await,
+        match until {
+            Until::Timer(delay) => tokio::time::sleep(delay).await,
+            Until::Signal => {
+                signalled.cancelled().await;
+                // The terminal shows `^C` where the cursor was; what follows starts on a
+                // line of its own.
+                if std::io::stdout().is_terminal() {
+                    println!();
+                }
+            }
         }
     };
     auth_service::client::run(
         channel,
         args.username,
         password,
+        until,
         stop,
         &mut std::io::stdout(),
     )

@@ -237,6 +237,7 @@ async fn send_messages(
                 flow.epoch.elapsed().as_nanos()
             ),
             timestamp: "00:00:00".to_owned(),
+            history: false,
         };
         outgoing.send(message).await.context("sending")?;
     }
@@ -437,6 +438,7 @@ async fn echo(channel: Channel, index: usize, count: usize) -> anyhow::Result<Me
         sender: String::new(),
         message: format!("echo {index} {sequence}"),
         timestamp: "00:00:00".to_owned(),
+        history: false,
     };
     // The first message goes with the call, as a chat client's first line would.
     outgoing

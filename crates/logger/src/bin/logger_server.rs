@@ -62,7 +62,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("opening the database {}", config.db_path.display()))?;
     let listener = args.server.bind_announced("Logger Service").await?;
     let shown = std::fs::canonicalize(&config.db_path).unwrap_or_else(|_| config.db_path.clone());
-    println!("Logs stored in: {}", shown.display());
+    // The old script's words (its first line is the shared `started on port` line).
+    println!("Database initialized at {}", shown.display());
     let shutdown = grpc_suite::server::shutdown_on_signals();
     logger_service::serve(listener, store, &config, shutdown).await
 }

@@ -1,7 +1,10 @@
 //! `random_client`: asks the random number service for a stream and prints it as a table.
 //! Flags left out are asked for with the old script's prompts.
 
-use std::{io, process::ExitCode};
+use std::{
+    io::{self, IsTerminal as _},
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -47,25 +50,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
         count: args.count,
         delay: args.delay,
     };
-    // Reading the terminal blocks, so it runs off the async executor.
-    let request = tokio::task::spawn_blocking(move || {
-        client::complete_request(given, &mut io::stdin().lock(), &mut io::stdout().lock())
-    })
-    .await
-    .context("asking for the request")?
-    .context("reading the answers")?;
+    client::check_given(given).map_err(anyhow::Error::msg)?;
+    // Reach the server before asking anything: finding it down after four answers makes
+    // the user start again.
+    let channel = args.connection.connect().await?;
+    let mut interrupt = std::pin::pin!(ctrl_c());
+    let request = tokio::select! {
+        answers = ask(given) => answers?,
+        () = &mut interrupt => return terminated(None),
+    };
     let Some(request) = request else {
         // End of input before every answer: the user is done.
         return Ok(());
     };
-    let channel = args.connection.connect().await?;
     let summary =
-        client::print_stream(channel, request, &mut io::stdout().lock(), ctrl_c()).await?;
+        client::print_stream(channel, request, &mut io::stdout().lock(), interrupt).await?;
     if summary.ending == Ending::Interrupted {
-        eprintln!(
-            "Client terminated by user ({} numbers received)",
-            summary.received
-        );
+        return terminated(Some(summary.received));
+    }
+    Ok(())
+}
+
+/// Asks for the fields the flags left out. The terminal is read on a plain thread, not
+/// tokio's blocking pool: at Ctrl+C the read is still waiting, and a detached thread does
+/// not hold up the process's exit.
+async fn ask(given: Choices) -> anyhow::Result<Option<grpc_suite::random::RandomNumberRequest>> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let request =
+            client::complete_request(given, &mut io::stdin().lock(), &mut io::stdout().lock());
+        let _ = answer.send(request);
+    });
+    answered
+        .await
+        .context("asking for the request")?
+        .context("reading the answers")
+}
+
+/// The old script's farewell at Ctrl+C, on a line of its own (the terminal shows `^C`
+/// where the cursor was), with how many numbers came when the stream had started.
+fn terminated(received: Option<u64>) -> anyhow::Result<()> {
+    if io::stderr().is_terminal() {
+        eprintln!();
+    }
+    match received {
+        Some(received) => eprintln!("{} ({received} numbers received)", client::TERMINATED),
+        None => eprintln!("{}", client::TERMINATED),
     }
     Ok(())
 }

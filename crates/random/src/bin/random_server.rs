@@ -41,12 +41,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_count: args.max_count,
         max_delay_ms: args.max_delay_ms,
     };
+    // The old script's two lines, word for word.
     let guard = args.sessions.guard()?;
     let listener = args
         .server
-        .bind_announced("Random Number Service")
+        .bind_announced("Random Number Server")
         .await?
         .with_session_guard(guard);
+    println!("Waiting for client requests...");
     let shutdown = grpc_suite::server::shutdown_on_signals();
     random_service::serve(listener, &config, shutdown).await
 }

@@ -105,10 +105,13 @@ def check_chat(stub: pb_grpc.StreamingServiceStub) -> None:
     assert joined.sender == "System", joined
     assert joined.message.startswith("Client(") and joined.message.endswith(") has joined the chat")
     first_name = joined.message[: -len(" has joined the chat")]
+    # Addition a new client may show; an old one prints it like any System line.
+    assert first.next().message == f"You are {first_name}"
 
     second = ChatClient(stub)
     second_joined = second.next()
     second_name = second_joined.message[: -len(" has joined the chat")]
+    assert second.next().message == f"You are {second_name}"
     assert first.next().message == f"{second_name} has joined the chat"
 
     second.say("hello from python")

@@ -1,7 +1,14 @@
 //! `streaming_client`: calls the streaming service. With no command it runs the old
 //! script's three steps: time updates, an upload, the chat.
 
-use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode, sync::Arc};
+mod editor;
+
+use std::{
+    io::{IsTerminal as _, Write},
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+};
 
 use clap::Parser;
 use grpc_suite::args::{ClientArgs, Service};
@@ -44,8 +51,8 @@ enum Subcommand {
         #[arg(long = "as", value_name = "NAME")]
         store_as: Option<String>,
     },
-    /// Joins the chat: sends each line of input, prints what everyone says; `quit`, end of
-    /// input or Ctrl+C leaves.
+    /// Joins the chat: sends each line of input, prints what everyone says; `/who` lists the
+    /// room; `quit`, `/quit`, end of input (Ctrl+D) or Ctrl+C leaves.
     Chat,
 }
 
@@ -112,13 +119,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "--time-updates, --upload and --skip-upload shape the full flow; they cannot be used with a command"
     );
     let channel = args.connection.connect().await?;
-    let mut session = Session::new(
-        channel,
-        Input::stdin(),
-        Interrupts::ctrl_c(),
-        std::io::stdout().lock(),
-    );
-    if std::io::stderr().is_terminal() {
+    let interrupts = Interrupts::ctrl_c();
+    // The line editor only when a person is at a terminal: piped input is read line by
+    // line as before, and output to a file or pipe stays plain.
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let mut _terminal = None;
+    let (input, out): (Input, Box<dyn Write>) = match interrupts.sender() {
+        Some(interrupt) if interactive => {
+            _terminal = Some(editor::TerminalGuard::save());
+            let (input, out) = editor::start(interrupt)?;
+            (input, Box::new(out))
+        }
+        _ => (Input::stdin(), Box::new(std::io::stdout().lock())),
+    };
+    let mut session = Session::new(channel, input, interrupts, out);
+    if std::io::stderr().is_terminal() && !interactive {
         session.progress = Some(Arc::new(ProgressBar::new()));
     }
     session.run(args.command.map(Command::from), &flow).await
