@@ -30,7 +30,7 @@ RUN cargo build --release --locked --workspace --lib
 # cargo decides what to rebuild by modification time. Only the eleven binaries are built.
 COPY src src
 COPY crates crates
-ARG BINARIES="file_server file_client streaming_server streaming_client random_server random_client auth_server auth_client logger_server logger_client logger_query"
+ARG BINARIES="file_server file_client streaming_server streaming_client random_server random_client auth_server auth_client logger_server logger_client logger_query dev_certs"
 RUN find src crates -name '*.rs' -exec touch {} + \
  && cargo build --release --locked --workspace $(printf -- '--bin %s ' $BINARIES) \
  && mkdir /out \

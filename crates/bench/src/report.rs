@@ -128,6 +128,7 @@ pub struct Target {
 /// every server; each scenario line carries its server's figures.
 pub const TARGETS: &[Target] = &[
     target("hello", "ratio", Goal::AtLeast, 0.9),
+    target("tls-hello", "ratio", Goal::AtLeast, 0.9),
     target("upload", "mb_per_s", Goal::AtLeast, 1000.0),
     target("upload", "rss_growth_mib", Goal::Below, 16.0),
     target("random", "numbers_per_s", Goal::AtLeast, 500_000.0),
