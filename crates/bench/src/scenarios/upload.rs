@@ -50,8 +50,7 @@ pub async fn measure(
         &transport.server_flags(),
     )
     .await?;
-    let mut client =
-        StreamingServiceClient::new(transport.connect(&transport.url(&server)).await?);
+    let mut client = StreamingServiceClient::new(transport.connect(&transport.url(&server)).await?);
     let tail = (tail_len > 0).then(|| chunk.slice(..tail_len));
     let pieces = (0..full_chunks).map(move |_| chunk.clone()).chain(tail);
     let mut first = true;
