@@ -6,14 +6,20 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use grpc_suite::{file as pb, streaming};
+use grpc_suite::{
+    file as pb, streaming,
+    tls::{ServerTls, ServerTlsFiles},
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming, transport::server::TcpIncoming};
 
 /// Binds `addr`, prints `Bench bare server started on port N` (the parent reads the port
-/// from it, as from every server's startup line), and serves until SIGTERM or Ctrl+C.
-pub async fn serve_main(addr: SocketAddr) -> anyhow::Result<()> {
+/// from it, as from every server's startup line), and serves until SIGTERM or Ctrl+C; over
+/// TLS when `tls` names a certificate and key (checked before anything listens, as the
+/// real servers do).
+pub async fn serve_main(addr: SocketAddr, tls: Option<ServerTlsFiles>) -> anyhow::Result<()> {
+    let tls = tls.map(|files| files.load()).transpose()?;
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
@@ -23,7 +29,7 @@ pub async fn serve_main(addr: SocketAddr) -> anyhow::Result<()> {
         .port();
     println!("Bench bare server started on port {port}");
     let shutdown = grpc_suite::server::shutdown_on_signals();
-    serve_bare(listener, shutdown).await
+    serve_bare(listener, tls, shutdown).await
 }
 
 /// How long the bare server lets calls finish at shutdown; the benchmark has stopped
@@ -32,11 +38,20 @@ const BARE_DRAIN: Duration = Duration::from_secs(2);
 
 /// The reference: tonic's Greeter example shape (`Server::builder().add_service(..)`),
 /// serving the file service's SayHello and a ChatStream echo, nothing else. TCP_NODELAY is
-/// on, as tonic's builder sets it by default when it binds the address itself.
-pub async fn serve_bare(listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// on, as tonic's builder sets it by default when it binds the address itself. With `tls`,
+/// tonic's own TLS (`tls_config`, rustls), as the real servers use it: the TLS reference.
+pub async fn serve_bare(
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal = shutdown.clone().cancelled_owned();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.config()).context("setting up TLS")?;
+    }
+    let server = builder
         .add_service(pb::file_service_server::FileServiceServer::new(BareGreeter))
         .add_service(streaming::streaming_service_server::StreamingServiceServer::new(BareChat))
         .serve_with_incoming_shutdown(incoming, signal);

@@ -129,6 +129,7 @@ pub struct Target {
 pub const TARGETS: &[Target] = &[
     target("hello", "ratio", Goal::AtLeast, 0.9),
     target("hello", "metrics_ratio", Goal::AtLeast, 0.95),
+    target("tls-hello", "ratio", Goal::AtLeast, 0.9),
     target("upload", "mb_per_s", Goal::AtLeast, 1000.0),
     target("upload", "rss_growth_mib", Goal::Below, 16.0),
     target("random", "numbers_per_s", Goal::AtLeast, 500_000.0),

@@ -52,6 +52,8 @@ fn headline(scenario: &str) -> &'static str {
         "chat" => "deliveries_per_s",
         "logger" => "acks_per_s",
         "auth" => "logouts_per_s",
+        "tls-hello" => "ratio",
+        "tls-upload" => "mb_per_s",
         other => panic!("unknown scenario {other}"),
     }
 }

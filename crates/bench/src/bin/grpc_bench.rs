@@ -2,7 +2,7 @@
 //! measuring parent (`serve bare`, hidden; the real servers run from their own binaries).
 //! See the `bench` library.
 
-use std::{net::SocketAddr, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use bench::{RunOptions, Scenario, Settings};
 use clap::{Parser, Subcommand};
@@ -89,6 +89,12 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:0")]
     addr: SocketAddr,
+    /// Serve TLS with this certificate (PEM), as the real servers' flag of the same name.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// The servers `grpc_bench serve` runs itself.
@@ -110,7 +116,18 @@ async fn main() -> ExitCode {
         Command::Serve(ServeArgs {
             kind: Reference::Bare,
             addr,
-        }) => grpc_suite::cli::exit_code(bench::bare::serve_main(addr).await),
+            tls_cert,
+            tls_key,
+        }) => {
+            let tls = tls_cert
+                .zip(tls_key)
+                .map(|(cert, key)| grpc_suite::tls::ServerTlsFiles {
+                    cert,
+                    key,
+                    client_ca: None,
+                });
+            grpc_suite::cli::exit_code(bench::bare::serve_main(addr, tls).await)
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use grpc_suite::file as pb;
 use pb::file_service_client::FileServiceClient;
 use tonic::transport::Channel;
 
-use super::{Context, add_server_figures, closed_loop, connect_many};
+use super::{Context, add_server_figures, closed_loop, tls::Transport};
 use crate::{
     report::Measurement,
     servers::{Server, ServerKind},
@@ -19,8 +19,18 @@ use crate::{
 /// Measures SayHello on the bare reference, then on the file service without and with
 /// metrics.
 pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
+    measure(context, &Transport::Plaintext, "hello").await
+}
+
+/// Measures SayHello on the bare reference, then on the file service, both over
+/// `transport`, reported as scenario `name`.
+pub async fn measure(
+    context: &Context<'_>,
+    transport: &Transport,
+    name: &str,
+) -> anyhow::Result<Measurement> {
     let settings = context.settings;
-    let mut measurement = Measurement::new("hello");
+    let mut measurement = Measurement::new(name);
     measurement
         .set("concurrency", settings.concurrency as f64)
         .set("connections", settings.connections as f64)
@@ -37,8 +47,12 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         ),
     ];
     for (kind, label, extra) in runs {
-        let server = Server::start(kind, &context.server_dir(label), extra).await?;
-        let channels = connect_many(&server.url(), settings.connections).await?;
+        let mut flags = transport.server_flags();
+        flags.extend_from_slice(extra);
+        let server = Server::start(kind, &context.server_dir(label), &flags).await?;
+        let channels = transport
+            .connect_many(&transport.url(&server), settings.connections)
+            .await?;
         let clients: Vec<FileServiceClient<Channel>> =
             channels.into_iter().map(FileServiceClient::new).collect();
         let mut outcome = closed_loop(

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod hello;
 pub mod logger;
 pub mod random;
+pub mod tls;
 pub mod upload;
 
 use std::{
@@ -47,17 +48,23 @@ pub enum Scenario {
     Logger,
     /// Logins, logouts and the cost of one password check.
     Auth,
+    /// `hello` over TLS: the file service and the bare reference both serving TLS.
+    TlsHello,
+    /// `upload` over TLS.
+    TlsUpload,
 }
 
 impl Scenario {
     /// Every scenario, in the order a full run measures them.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 8] = [
         Self::Hello,
         Self::Upload,
         Self::Random,
         Self::Chat,
         Self::Logger,
         Self::Auth,
+        Self::TlsHello,
+        Self::TlsUpload,
     ];
 
     /// The name on `scenario=` lines.
@@ -69,6 +76,8 @@ impl Scenario {
             Self::Chat => "chat",
             Self::Logger => "logger",
             Self::Auth => "auth",
+            Self::TlsHello => "tls-hello",
+            Self::TlsUpload => "tls-upload",
         }
     }
 
@@ -81,6 +90,8 @@ impl Scenario {
             Self::Chat => &[ServerKind::Streaming, ServerKind::Bare],
             Self::Logger => &[ServerKind::Logger],
             Self::Auth => &[ServerKind::Logger, ServerKind::Auth],
+            Self::TlsHello => &[ServerKind::Bare, ServerKind::File],
+            Self::TlsUpload => &[ServerKind::Streaming],
         }
     }
 }
@@ -193,6 +204,14 @@ pub async fn run(scenario: Scenario, context: &Context<'_>) -> anyhow::Result<Me
         Scenario::Chat => chat::run(context).await,
         Scenario::Logger => logger::run(context).await,
         Scenario::Auth => auth::run(context).await,
+        Scenario::TlsHello => {
+            let tls = tls::Transport::tls_in(&context.data_dir.join("certs"))?;
+            hello::measure(context, &tls, scenario.name()).await
+        }
+        Scenario::TlsUpload => {
+            let tls = tls::Transport::tls_in(&context.data_dir.join("certs"))?;
+            upload::measure(context, &tls, scenario.name()).await
+        }
     };
     result.with_context(|| format!("scenario {}", scenario.name()))
 }

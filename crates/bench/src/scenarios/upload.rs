@@ -10,7 +10,7 @@ use grpc_suite::streaming as pb;
 use pb::streaming_service_client::StreamingServiceClient;
 use sha2::{Digest as _, Sha256};
 
-use super::{CALL_TIMEOUT, Context, add_server_figures, connect};
+use super::{CALL_TIMEOUT, Context, add_server_figures, tls::Transport};
 use crate::{
     report::{Measurement, mib},
     servers::{Server, ServerKind},
@@ -18,6 +18,15 @@ use crate::{
 
 /// Uploads one file and reports MB/s (10^6 bytes per second) and the server's memory growth.
 pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
+    measure(context, &Transport::Plaintext, "upload").await
+}
+
+/// The upload over `transport`, reported as scenario `name`.
+pub async fn measure(
+    context: &Context<'_>,
+    transport: &Transport,
+    name: &str,
+) -> anyhow::Result<Measurement> {
     let settings = context.settings;
     let total = settings.upload_bytes;
     let chunk_len = settings.chunk_bytes.max(1);
@@ -35,9 +44,13 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         hex::encode(hasher.finalize())
     };
 
-    let server =
-        Server::start(ServerKind::Streaming, &context.server_dir("streaming"), &[]).await?;
-    let mut client = StreamingServiceClient::new(connect(&server.url()).await?);
+    let server = Server::start(
+        ServerKind::Streaming,
+        &context.server_dir("streaming"),
+        &transport.server_flags(),
+    )
+    .await?;
+    let mut client = StreamingServiceClient::new(transport.connect(&transport.url(&server)).await?);
     let tail = (tail_len > 0).then(|| chunk.slice(..tail_len));
     let pieces = (0..full_chunks).map(move |_| chunk.clone()).chain(tail);
     let mut first = true;
@@ -76,7 +89,7 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     );
 
     let memory = server.memory()?;
-    let mut measurement = Measurement::new("upload");
+    let mut measurement = Measurement::new(name);
     measurement
         .set("size_mib", mib(total / 1024))
         .set("chunk_kib", chunk_len as f64 / 1024.0)
