@@ -681,6 +681,9 @@ async fn auth_delivers_events_to_a_mutual_tls_logger() {
     logger.stop().await.expect("logger stops");
 }
 
+/// The auth server's one warning when delivery to the logger starts failing.
+const DELIVERY_FAILING: &str = "audit delivery to the logger is failing";
+
 /// auth_server without a client certificate is refused by a mutual-TLS logger, and keeps
 /// the events in its outbox; restarted with the certificate, it delivers them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -702,7 +705,7 @@ async fn auth_keeps_events_a_mutual_tls_logger_refused() {
     let deadline = std::time::Instant::now() + TIMEOUT;
     while !std::fs::read_to_string(&log)
         .unwrap_or_default()
-        .contains("logger unavailable")
+        .contains(DELIVERY_FAILING)
     {
         assert!(
             std::time::Instant::now() < deadline,
@@ -710,6 +713,13 @@ async fn auth_keeps_events_a_mutual_tls_logger_refused() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Retries go on (100 ms, doubling), but an outage is one warning, not one per retry.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let warnings = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches(DELIVERY_FAILING)
+        .count();
+    assert_eq!(warnings, 1, "one warning per outage");
     tokio::task::spawn_blocking(move || auth.stop(TIMEOUT))
         .await
         .expect("stop task")
