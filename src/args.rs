@@ -8,7 +8,7 @@
 //!
 //! Libraries never see these types: a binary turns them into the library's plain `Config`.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser};
@@ -158,6 +158,37 @@ pub fn parse<A: Parser>(service: Service) -> A {
     A::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
 }
 
+/// The `main` of every server binary: parses `A` for `service`, starts tracing in the
+/// format `--log-format` asks for, answers `--health-check` itself, and otherwise runs
+/// `serve` with the flags; its result becomes the exit code (one `error:` line and 1 on
+/// failure). `server_args` picks the flattened [`ServerArgs`] out of `A`.
+pub fn server_main<A, F, Fut>(
+    service: Service,
+    server_args: fn(&A) -> &ServerArgs,
+    serve: F,
+) -> ExitCode
+where
+    A: Parser,
+    F: FnOnce(A) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let args: A = parse(service);
+    let server = server_args(&args);
+    crate::cli::init_tracing_with("info", server.log_format);
+    let probe = server.health_check.then(|| server.clone());
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .and_then(|runtime| {
+            runtime.block_on(async move {
+                match probe {
+                    Some(server) => server.probe_health().await,
+                    None => serve(args).await,
+                }
+            })
+        });
+    crate::cli::exit_code(result)
+}
+
 /// The clap command of `A` with the shared flags filled in for `service`; what [`parse`]
 /// uses, exposed so each binary's test can `debug_assert` exactly what users get.
 pub fn command<A: CommandFactory>(service: Service) -> clap::Command {
@@ -280,6 +311,18 @@ impl ServerArgs {
         Ok(Listener::with_tls(listener, tls)
             .with_limits(self.limits())
             .with_metrics(metrics))
+    }
+
+    /// [`ServerArgs::bind_announced`] for a server that can require sessions: the guard
+    /// (`--auth-url`) is set up first, so a bad TLS file for it stops the server before it
+    /// announces anything.
+    pub async fn bind_guarded(
+        &self,
+        title: &str,
+        sessions: &SessionArgs,
+    ) -> anyhow::Result<Listener> {
+        let guard = sessions.guard()?;
+        Ok(self.bind_announced(title).await?.with_session_guard(guard))
     }
 }
 

@@ -52,7 +52,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(session_id) = args.logout {
-        let channel = args.connection.connect().await?;
+        let channel = args.connection.connect_with_deadline().await?;
         let message = auth_service::client::logout(channel, session_id).await?;
         println!("Logout: {message}");
         return Ok(());
@@ -65,7 +65,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Listening starts now, not when the session starts waiting: a Ctrl+C right after
     // `Session active` is printed must log out, not kill the process.
     let signalled = grpc_suite::server::shutdown_on_signals();
-    let channel = args.connection.connect().await?;
+    let channel = args.connection.connect_with_deadline().await?;
     if args.print_session {
         let session_id = auth_service::client::login(channel, args.username, password).await?;
         println!("{session_id}");

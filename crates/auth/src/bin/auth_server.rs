@@ -81,19 +81,13 @@ const SERVICE: Service = Service {
     default_port: auth_service::DEFAULT_PORT,
 };
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args: Args = grpc_suite::args::parse(SERVICE);
-    grpc_suite::cli::init_tracing_with("info", args.server.log_format);
-    grpc_suite::cli::exit_code(run(args).await)
+fn main() -> ExitCode {
+    grpc_suite::args::server_main(SERVICE, |args: &Args| &args.server, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.hash_password {
         return print_hash();
-    }
-    if args.server.health_check {
-        return args.server.probe_health().await;
     }
     let credentials = match &args.users {
         Some(path) => Credentials::load(path)?,

@@ -4,7 +4,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser;
-use grpc_suite::args::{ServerArgs, Service, SessionArgs};
+use grpc_suite::{
+    args::{ServerArgs, Service, SessionArgs},
+    size::Size,
+};
 
 /// Serves the file service: greetings, server time, file writes and listing.
 #[derive(Debug, Parser)]
@@ -17,9 +20,10 @@ struct Args {
     /// Folder that receives written files (created if missing).
     #[arg(long, env = "FILE_SERVICE_DIR", default_value = "uploaded_files")]
     dir: PathBuf,
-    /// Largest file content accepted, in bytes.
-    #[arg(long, env = "FILE_SERVICE_MAX_FILE_SIZE", default_value_t = file_service::DEFAULT_MAX_FILE_SIZE)]
-    max_file_size: usize,
+    /// Largest file content accepted: bytes, or a size such as 64MiB.
+    #[arg(long, env = "FILE_SERVICE_MAX_FILE_SIZE", value_name = "SIZE",
+          default_value_t = Size(file_service::DEFAULT_MAX_FILE_SIZE as u64))]
+    max_file_size: Size,
 }
 
 const SERVICE: Service = Service {
@@ -27,29 +31,22 @@ const SERVICE: Service = Service {
     default_port: file_service::DEFAULT_PORT,
 };
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args: Args = grpc_suite::args::parse(SERVICE);
-    grpc_suite::cli::init_tracing_with("info", args.server.log_format);
-    grpc_suite::cli::exit_code(run(args).await)
+fn main() -> ExitCode {
+    grpc_suite::args::server_main(SERVICE, |args: &Args| &args.server, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.server.health_check {
-        return args.server.probe_health().await;
-    }
     let config = file_service::Config {
         upload_dir: args.dir,
-        max_file_size: args.max_file_size,
+        max_file_size: usize::try_from(args.max_file_size.bytes())
+            .context("--max-file-size is larger than this machine can address")?,
     };
     let storage = file_service::open_storage(&config)
         .with_context(|| format!("opening the upload folder {}", config.upload_dir.display()))?;
-    let guard = args.sessions.guard()?;
     let listener = args
         .server
-        .bind_announced("File Service")
-        .await?
-        .with_session_guard(guard);
+        .bind_guarded("File Service", &args.sessions)
+        .await?;
     println!("Files will be stored in: {}", storage.absolute().display());
     let shutdown = grpc_suite::server::shutdown_on_signals();
     file_service::serve(listener, storage, &config, shutdown).await

@@ -38,17 +38,11 @@ const SERVICE: Service = Service {
     default_port: logger_service::DEFAULT_PORT,
 };
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args: Args = grpc_suite::args::parse(SERVICE);
-    grpc_suite::cli::init_tracing_with("info", args.server.log_format);
-    grpc_suite::cli::exit_code(run(args).await)
+fn main() -> ExitCode {
+    grpc_suite::args::server_main(SERVICE, |args: &Args| &args.server, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.server.health_check {
-        return args.server.probe_health().await;
-    }
     let config = logger_service::Config {
         db_path: args.db,
         max_query_limit: args.max_query_limit,

@@ -53,7 +53,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     client::check_given(given).map_err(anyhow::Error::msg)?;
     // Reach the server before asking anything: finding it down after four answers makes
     // the user start again.
-    let channel = args.connection.connect().await?;
+    let channel = args.connection.connect_with_deadline().await?;
     let mut interrupt = std::pin::pin!(ctrl_c());
     let request = tokio::select! {
         answers = ask(given) => answers?,

@@ -26,28 +26,20 @@ const SERVICE: Service = Service {
     default_port: random_service::DEFAULT_PORT,
 };
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args: Args = grpc_suite::args::parse(SERVICE);
-    grpc_suite::cli::init_tracing_with("info", args.server.log_format);
-    grpc_suite::cli::exit_code(run(args).await)
+fn main() -> ExitCode {
+    grpc_suite::args::server_main(SERVICE, |args: &Args| &args.server, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.server.health_check {
-        return args.server.probe_health().await;
-    }
     let config = random_service::Config {
         max_count: args.max_count,
         max_delay_ms: args.max_delay_ms,
     };
     // The old script's two lines, word for word.
-    let guard = args.sessions.guard()?;
     let listener = args
         .server
-        .bind_announced("Random Number Server")
-        .await?
-        .with_session_guard(guard);
+        .bind_guarded("Random Number Server", &args.sessions)
+        .await?;
     println!("Waiting for client requests...");
     let shutdown = grpc_suite::server::shutdown_on_signals();
     random_service::serve(listener, &config, shutdown).await

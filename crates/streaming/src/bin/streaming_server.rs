@@ -49,17 +49,11 @@ const SERVICE: Service = Service {
     default_port: streaming_service::DEFAULT_PORT,
 };
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let args: Args = grpc_suite::args::parse(SERVICE);
-    grpc_suite::cli::init_tracing_with("info", args.server.log_format);
-    grpc_suite::cli::exit_code(run(args).await)
+fn main() -> ExitCode {
+    grpc_suite::args::server_main(SERVICE, |args: &Args| &args.server, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.server.health_check {
-        return args.server.probe_health().await;
-    }
     let config = streaming_service::Config {
         upload_dir: args.dir,
         max_upload_size: args.max_upload_size.bytes(),
@@ -72,12 +66,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let storage = streaming_service::open_storage(&config)
         .with_context(|| format!("opening the upload folder {}", config.upload_dir.display()))?;
-    let guard = args.sessions.guard()?;
     let listener = args
         .server
-        .bind_announced("Streaming Service")
-        .await?
-        .with_session_guard(guard);
+        .bind_guarded("Streaming Service", &args.sessions)
+        .await?;
     // The old script's words (tests compare them with the seed README).
     println!(
         "Streamed files will be stored in: {}",
