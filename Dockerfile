@@ -1,5 +1,5 @@
-# The twelve binaries of the suite in one image; docker-compose.yml runs one server per
-# container from it. Base images are build arguments with the official names as defaults.
+# The twelve commands of the suite in one image, as one multi-call binary (crates/multicall)
+# and a link per command name; docker-compose.yml runs one server per container from it. Base images are build arguments with the official names as defaults.
 ARG RUST_IMAGE=rust:1-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
@@ -16,7 +16,7 @@ RUN mkdir /manifests \
  && for manifest in crates/*/Cargo.toml; do \
       crate=$(dirname "$manifest"); \
       mkdir -p "/manifests/$crate/src" && cp "$manifest" "/manifests/$crate/" \
-      && touch "/manifests/$crate/src/lib.rs"; \
+      && touch "/manifests/$crate/src/lib.rs" "/manifests/$crate/src/main.rs"; \
     done \
  && mkdir -p /manifests/src && touch /manifests/src/lib.rs
 
@@ -35,11 +35,14 @@ RUN cargo build --release --locked --workspace --lib
 # cargo decides what to rebuild by modification time. Only the binaries are built.
 COPY src src
 COPY crates crates
-ARG BINARIES="file_server file_client streaming_server streaming_client random_server random_client auth_server auth_client logger_server logger_client logger_query dev_certs"
+ARG COMMANDS="file_server file_client streaming_server streaming_client random_server random_client auth_server auth_client logger_server logger_client logger_query dev_certs"
+# One binary for all twelve commands: each separate binary would carry its own copy of
+# tonic, tokio and rustls (twelve stripped binaries made a 102 MB image).
 RUN find src crates -name '*.rs' -exec touch {} + \
- && cargo build --release --locked --workspace $(printf -- '--bin %s ' $BINARIES) \
+ && cargo build --release --locked -p multicall --bin grpc-suite \
  && mkdir /out \
- && for bin in $BINARIES; do cp "target/release/$bin" /out/; done
+ && cp target/release/grpc-suite /out/ \
+ && for command in $COMMANDS; do ln -s grpc-suite "/out/$command"; done
 
 # ---- root file system ------------------------------------------------------------------
 # Only what the image runs: our binaries, the entrypoint's shell and tools (sh, id, stat,

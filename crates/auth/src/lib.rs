@@ -30,6 +30,13 @@ pub use service::AuthService;
 
 /// The port the contract fixes (the old server listened elsewhere by mistake).
 pub const DEFAULT_PORT: u16 = grpc_suite::auth::DEFAULT_PORT;
+
+/// How this service's binaries name their settings: `AUTH_SERVICE_*` environment variables
+/// (`AUTH_SERVICE_ADDR`, `AUTH_SERVICE_URL`, …) and [`DEFAULT_PORT`].
+pub const SERVICE: grpc_suite::args::Service = grpc_suite::args::Service {
+    env_prefix: "AUTH_SERVICE",
+    default_port: DEFAULT_PORT,
+};
 /// How long a session lasts by default.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// The longest session lifetime accepted: ten years. Longer is a typo, and a lifetime near

@@ -23,6 +23,13 @@ pub use service::FileService;
 /// The port the old system used, and ours by default.
 pub const DEFAULT_PORT: u16 = grpc_suite::file::DEFAULT_PORT;
 
+/// How this service's binaries name their settings: `FILE_SERVICE_*` environment variables
+/// (`FILE_SERVICE_ADDR`, `FILE_SERVICE_URL`, …) and [`DEFAULT_PORT`].
+pub const SERVICE: grpc_suite::args::Service = grpc_suite::args::Service {
+    env_prefix: "FILE_SERVICE",
+    default_port: DEFAULT_PORT,
+};
+
 /// The largest WriteFile content accepted by default: 64 MiB.
 pub const DEFAULT_MAX_FILE_SIZE: usize = 64 * 1024 * 1024;
 

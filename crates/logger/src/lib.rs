@@ -32,6 +32,13 @@ pub use store::{Store, StoreError};
 /// The port the old system used, and ours by default.
 pub const DEFAULT_PORT: u16 = grpc_suite::logger::DEFAULT_PORT;
 
+/// How this service's binaries name their settings: `LOGGER_SERVICE_*` environment variables
+/// (`LOGGER_SERVICE_ADDR`, `LOGGER_SERVICE_URL`, …) and [`DEFAULT_PORT`].
+pub const SERVICE: grpc_suite::args::Service = grpc_suite::args::Service {
+    env_prefix: "LOGGER_SERVICE",
+    default_port: DEFAULT_PORT,
+};
+
 /// The database the old system used, relative to the working folder.
 pub const DEFAULT_DB: &str = "logs_data/logs.db";
 

@@ -27,6 +27,13 @@ pub use service::RandomService;
 /// The port the old system used, and ours by default.
 pub const DEFAULT_PORT: u16 = grpc_suite::random::DEFAULT_PORT;
 
+/// How this service's binaries name their settings: `RANDOM_SERVICE_*` environment variables
+/// (`RANDOM_SERVICE_ADDR`, `RANDOM_SERVICE_URL`, …) and [`DEFAULT_PORT`].
+pub const SERVICE: grpc_suite::args::Service = grpc_suite::args::Service {
+    env_prefix: "RANDOM_SERVICE",
+    default_port: DEFAULT_PORT,
+};
+
 /// The most numbers one request may ask for, by default.
 pub const DEFAULT_MAX_COUNT: u32 = 1_000_000;
 

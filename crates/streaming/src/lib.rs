@@ -36,6 +36,13 @@ pub use service::StreamingService;
 /// The port the old system used, and ours by default.
 pub const DEFAULT_PORT: u16 = grpc_suite::streaming::DEFAULT_PORT;
 
+/// How this service's binaries name their settings: `STREAMING_SERVICE_*` environment variables
+/// (`STREAMING_SERVICE_ADDR`, `STREAMING_SERVICE_URL`, …) and [`DEFAULT_PORT`].
+pub const SERVICE: grpc_suite::args::Service = grpc_suite::args::Service {
+    env_prefix: "STREAMING_SERVICE",
+    default_port: DEFAULT_PORT,
+};
+
 /// The largest upload accepted by default: 8 GiB.
 pub const DEFAULT_MAX_UPLOAD_SIZE: u64 = 8 * 1024 * 1024 * 1024;
 

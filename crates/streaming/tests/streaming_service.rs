@@ -1284,3 +1284,67 @@ fn seed_readme_lines_are_printed_as_documented() {
         ]
     );
 }
+
+/// A chat member whose process is frozen (SIGSTOP: it keeps its socket but answers
+/// nothing, like a laptop closed mid-chat) is announced as left within the server's
+/// keepalive interval + timeout, and the others stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_chat_member_is_announced_as_left() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upload_dir = dir.path().join("streamed");
+    let server = ServerProcess::start(
+        cargo_bin("streaming_server"),
+        &[
+            "--dir",
+            upload_dir.to_str().expect("utf-8"),
+            "--keepalive-interval",
+            "0.5",
+            "--keepalive-timeout",
+            "0.5",
+        ],
+    )
+    .expect("server starts");
+    let channel = Channel::from_shared(server.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connects");
+    let mut watcher = Member::join(channel).await;
+    assert_eq!(
+        watcher.next().await,
+        "System: Client(1) has joined the chat"
+    );
+    let url = server.url();
+    let frozen = tokio::task::spawn_blocking(move || {
+        let mut frozen = ClientProcess::start(&["--server", &url, "chat"]);
+        frozen.wait_for_line("] Client(2) has joined the chat");
+        frozen
+    })
+    .await
+    .expect("client joined");
+    assert_eq!(
+        watcher.next().await,
+        "System: Client(2) has joined the chat"
+    );
+    let pid = frozen.child.id().to_string();
+    let stop = Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill");
+    assert!(stop.success());
+    let frozen_at = std::time::Instant::now();
+    assert_eq!(watcher.next().await, "System: Client(2) has left the chat");
+    let noticed_after = frozen_at.elapsed();
+    // Interval + timeout is 1 s; generous slack for a loaded machine, far below the
+    // minutes a frozen peer would otherwise stay a member.
+    assert!(
+        noticed_after < Duration::from_secs(8),
+        "noticed after {noticed_after:?}"
+    );
+    watcher.say("still here").await;
+    assert_eq!(watcher.next().await, "Client(1): still here");
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    tokio::task::spawn_blocking(move || drop(frozen))
+        .await
+        .expect("reaped");
+}

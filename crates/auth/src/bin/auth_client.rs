@@ -5,7 +5,7 @@ use std::{io::IsTerminal, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use auth_service::client::Until;
 use clap::Parser;
-use grpc_suite::args::{ClientArgs, Service};
+use grpc_suite::args::ClientArgs;
 
 /// Logs in to the auth service and holds the session until Ctrl+C or SIGTERM.
 #[derive(Debug, Parser)]
@@ -39,15 +39,10 @@ struct Args {
     logout_after: Option<u64>,
 }
 
-const SERVICE: Service = Service {
-    env_prefix: "AUTH_SERVICE",
-    default_port: auth_service::DEFAULT_PORT,
-};
-
 #[tokio::main]
-async fn main() -> ExitCode {
+pub(crate) async fn main() -> ExitCode {
     grpc_suite::cli::init_tracing("warn");
-    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(SERVICE)).await)
+    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(auth_service::SERVICE)).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -115,6 +110,6 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
+        grpc_suite::args::command::<super::Args>(auth_service::SERVICE).debug_assert();
     }
 }

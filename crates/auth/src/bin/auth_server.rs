@@ -6,7 +6,7 @@ use std::{io::BufRead, path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use auth_service::Credentials;
 use clap::Parser;
-use grpc_suite::args::{ServerArgs, Service};
+use grpc_suite::args::ServerArgs;
 
 /// Serves the auth service: logins, logouts, sessions, audit events to the logger.
 #[derive(Debug, Parser)]
@@ -76,13 +76,8 @@ struct Args {
     hash_password: bool,
 }
 
-const SERVICE: Service = Service {
-    env_prefix: "AUTH_SERVICE",
-    default_port: auth_service::DEFAULT_PORT,
-};
-
-fn main() -> ExitCode {
-    grpc_suite::args::server_main(SERVICE, |args: &Args| &args.server, run)
+pub(crate) fn main() -> ExitCode {
+    grpc_suite::args::server_main(auth_service::SERVICE, |args: &Args| &args.server, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -146,19 +141,17 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
+        grpc_suite::args::command::<super::Args>(auth_service::SERVICE).debug_assert();
     }
 
     /// A session lifetime that would overflow the clock is refused when flags are parsed.
     #[test]
     fn absurd_session_lifetime_is_refused() {
-        let parse = |ttl: &str| {
-            grpc_suite::args::command::<super::Args>(super::SERVICE).try_get_matches_from([
-                "auth_server",
-                "--session-ttl-secs",
-                ttl,
-            ])
-        };
+        let parse =
+            |ttl: &str| {
+                grpc_suite::args::command::<super::Args>(auth_service::SERVICE)
+                    .try_get_matches_from(["auth_server", "--session-ttl-secs", ttl])
+            };
         assert!(parse("3600").is_ok());
         let error = parse("18446744073709551615").expect_err("refused");
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);

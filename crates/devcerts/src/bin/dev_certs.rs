@@ -26,7 +26,7 @@ struct Args {
     if_missing: bool,
 }
 
-fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     grpc_suite::cli::init_tracing("warn");
     grpc_suite::cli::exit_code(run(Args::parse()))
 }

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use file_service::client::Command;
-use grpc_suite::args::{ClientArgs, Service};
+use grpc_suite::args::ClientArgs;
 
 /// Calls the file service; with no command, runs the demo the old client ran.
 #[derive(Debug, Parser)]
@@ -58,15 +58,10 @@ impl From<Subcommand> for Command {
     }
 }
 
-const SERVICE: Service = Service {
-    env_prefix: "FILE_SERVICE",
-    default_port: file_service::DEFAULT_PORT,
-};
-
 #[tokio::main]
-async fn main() -> ExitCode {
+pub(crate) async fn main() -> ExitCode {
     grpc_suite::cli::init_tracing("warn");
-    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(SERVICE)).await)
+    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(file_service::SERVICE)).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -80,6 +75,6 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
+        grpc_suite::args::command::<super::Args>(file_service::SERVICE).debug_assert();
     }
 }

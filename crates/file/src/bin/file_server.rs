@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::Parser;
 use grpc_suite::{
-    args::{ServerArgs, Service, SessionArgs},
+    args::{ServerArgs, SessionArgs},
     size::Size,
 };
 
@@ -26,13 +26,8 @@ struct Args {
     max_file_size: Size,
 }
 
-const SERVICE: Service = Service {
-    env_prefix: "FILE_SERVICE",
-    default_port: file_service::DEFAULT_PORT,
-};
-
-fn main() -> ExitCode {
-    grpc_suite::args::server_main(SERVICE, |args: &Args| &args.server, run)
+pub(crate) fn main() -> ExitCode {
+    grpc_suite::args::server_main(file_service::SERVICE, |args: &Args| &args.server, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -57,6 +52,6 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
+        grpc_suite::args::command::<super::Args>(file_service::SERVICE).debug_assert();
     }
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use grpc_suite::args::{ClientArgs, Service};
+use grpc_suite::args::ClientArgs;
 use logger_service::client::Command;
 
 /// Calls the logger service: log an event, query the newest ones, or follow the log live.
@@ -90,15 +90,10 @@ impl From<Subcommand> for Command {
     }
 }
 
-const SERVICE: Service = Service {
-    env_prefix: "LOGGER_SERVICE",
-    default_port: logger_service::DEFAULT_PORT,
-};
-
 #[tokio::main]
-async fn main() -> ExitCode {
+pub(crate) async fn main() -> ExitCode {
     grpc_suite::cli::init_tracing("warn");
-    let args = grpc_suite::args::parse(SERVICE);
+    let args = grpc_suite::args::parse(logger_service::SERVICE);
     // Ctrl+C is how a user stops `follow`: a normal end, exit 0, not a signal death.
     let result = tokio::select! {
         result = run(args) => result,
@@ -124,6 +119,6 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
+        grpc_suite::args::command::<super::Args>(logger_service::SERVICE).debug_assert();
     }
 }

@@ -20,7 +20,7 @@ struct Args {
     event_type: Option<String>,
 }
 
-fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     grpc_suite::cli::init_tracing("warn");
     grpc_suite::cli::exit_code(run(Args::parse()))
 }

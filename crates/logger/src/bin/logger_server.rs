@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser;
-use grpc_suite::args::{ServerArgs, Service};
+use grpc_suite::args::ServerArgs;
 
 /// Serves the logger service: stores events in SQLite, answers queries, streams new events.
 #[derive(Debug, Parser)]
@@ -33,13 +33,8 @@ struct Args {
     read_token_file: Option<PathBuf>,
 }
 
-const SERVICE: Service = Service {
-    env_prefix: "LOGGER_SERVICE",
-    default_port: logger_service::DEFAULT_PORT,
-};
-
-fn main() -> ExitCode {
-    grpc_suite::args::server_main(SERVICE, |args: &Args| &args.server, run)
+pub(crate) fn main() -> ExitCode {
+    grpc_suite::args::server_main(logger_service::SERVICE, |args: &Args| &args.server, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -71,6 +66,6 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
+        grpc_suite::args::command::<super::Args>(logger_service::SERVICE).debug_assert();
     }
 }

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Parser;
-use grpc_suite::args::{ClientArgs, Service};
+use grpc_suite::args::ClientArgs;
 use random_service::client::{self, Choices, Ending};
 
 /// Streams random numbers from the random number service and prints them as a table.
@@ -32,15 +32,10 @@ struct Args {
     delay: Option<i32>,
 }
 
-const SERVICE: Service = Service {
-    env_prefix: "RANDOM_SERVICE",
-    default_port: random_service::DEFAULT_PORT,
-};
-
 #[tokio::main]
-async fn main() -> ExitCode {
+pub(crate) async fn main() -> ExitCode {
     grpc_suite::cli::init_tracing("warn");
-    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(SERVICE)).await)
+    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(random_service::SERVICE)).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -113,6 +108,6 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
+        grpc_suite::args::command::<super::Args>(random_service::SERVICE).debug_assert();
     }
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use grpc_suite::args::{ServerArgs, Service, SessionArgs};
+use grpc_suite::args::{ServerArgs, SessionArgs};
 
 /// Serves the random number service: streams of uniformly drawn numbers.
 #[derive(Debug, Parser)]
@@ -21,13 +21,8 @@ struct Args {
     max_delay_ms: u32,
 }
 
-const SERVICE: Service = Service {
-    env_prefix: "RANDOM_SERVICE",
-    default_port: random_service::DEFAULT_PORT,
-};
-
-fn main() -> ExitCode {
-    grpc_suite::args::server_main(SERVICE, |args: &Args| &args.server, run)
+pub(crate) fn main() -> ExitCode {
+    grpc_suite::args::server_main(random_service::SERVICE, |args: &Args| &args.server, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -50,6 +45,6 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
+        grpc_suite::args::command::<super::Args>(random_service::SERVICE).debug_assert();
     }
 }

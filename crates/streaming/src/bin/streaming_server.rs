@@ -6,7 +6,7 @@ use std::{num::NonZeroUsize, path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::Parser;
 use grpc_suite::{
-    args::{ServerArgs, Service, SessionArgs},
+    args::{ServerArgs, SessionArgs},
     size::Size,
 };
 
@@ -44,13 +44,8 @@ struct Args {
     chat_history: usize,
 }
 
-const SERVICE: Service = Service {
-    env_prefix: "STREAMING_SERVICE",
-    default_port: streaming_service::DEFAULT_PORT,
-};
-
-fn main() -> ExitCode {
-    grpc_suite::args::server_main(SERVICE, |args: &Args| &args.server, run)
+pub(crate) fn main() -> ExitCode {
+    grpc_suite::args::server_main(streaming_service::SERVICE, |args: &Args| &args.server, run)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -85,6 +80,6 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
+        grpc_suite::args::command::<super::Args>(streaming_service::SERVICE).debug_assert();
     }
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use clap::Parser;
-use grpc_suite::args::{ClientArgs, Service};
+use grpc_suite::args::ClientArgs;
 use streaming_service::client::{Command, FlowOptions, Input, Interrupts, Progress, Session};
 
 /// Calls the streaming service; with no command, runs time updates (until Ctrl+C), an
@@ -97,15 +97,10 @@ impl Progress for ProgressBar {
     }
 }
 
-const SERVICE: Service = Service {
-    env_prefix: "STREAMING_SERVICE",
-    default_port: streaming_service::DEFAULT_PORT,
-};
-
 #[tokio::main]
-async fn main() -> ExitCode {
+pub(crate) async fn main() -> ExitCode {
     grpc_suite::cli::init_tracing("warn");
-    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(SERVICE)).await)
+    grpc_suite::cli::exit_code(run(grpc_suite::args::parse(streaming_service::SERVICE)).await)
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -144,6 +139,6 @@ mod tests {
     /// The flag definitions are consistent (clap checks names, defaults, env vars).
     #[test]
     fn args_are_well_formed() {
-        grpc_suite::args::command::<super::Args>(super::SERVICE).debug_assert();
+        grpc_suite::args::command::<super::Args>(streaming_service::SERVICE).debug_assert();
     }
 }
