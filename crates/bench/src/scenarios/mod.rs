@@ -408,3 +408,23 @@ pub fn remove_dir(path: &Path) {
         eprintln!("warning: could not remove {}: {error}", path.display());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum as _;
+
+    use super::*;
+
+    /// The name a scenario reports under is the one `--scenario` takes, so a reader can
+    /// rerun any line of the report.
+    #[test]
+    fn report_names_are_the_flag_values() {
+        for scenario in Scenario::ALL {
+            let value = scenario
+                .to_possible_value()
+                .expect("every scenario is selectable");
+            assert_eq!(value.get_name(), scenario.name());
+        }
+        assert_eq!(Scenario::value_variants().len(), Scenario::ALL.len());
+    }
+}
