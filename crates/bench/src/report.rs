@@ -109,6 +109,9 @@ pub enum Goal {
     AtLeast,
     /// The figure must stay below the threshold.
     Below,
+    /// The figure must be within the threshold's factor of 1 either way (a ratio that
+    /// should be even: 1.25 means from 0.8 to 1.25).
+    Near,
 }
 
 /// One of the performance targets, checked against one figure.
@@ -141,6 +144,10 @@ pub const TARGETS: &[Target] = &[
     target("logger", "p99_ms", Goal::Below, 20.0),
     target("auth", "logouts_per_s", Goal::AtLeast, 10_000.0),
     target("auth", "login_overhead_ms", Goal::Below, 1.0),
+    target("sessions", "ratio", Goal::AtLeast, 0.8),
+    target("auth-flood", "logout_flood_ratio", Goal::Below, 2.0),
+    target("auth-flood", "validate_flood_ratio", Goal::Below, 2.0),
+    target("auth-flood", "unknown_user_ratio", Goal::Near, 1.25),
 ];
 
 /// Every server: accepting connections within 100 ms, idling under 10 MiB.
@@ -158,13 +165,19 @@ const fn target(scenario: &'static str, key: &'static str, goal: Goal, threshold
     }
 }
 
-/// `met` or `MISSED`, and the figure as a multiple of the threshold.
+/// `met` or `MISSED`, and the figure as a multiple of the threshold (for [`Goal::Near`],
+/// its distance from 1, either way, as a multiple of the allowed factor).
 fn verdict(goal: Goal, value: f64, threshold: f64) -> String {
     let met = match goal {
         Goal::AtLeast => value >= threshold,
         Goal::Below => value < threshold,
+        Goal::Near => value >= 1.0 / threshold && value <= threshold,
     };
-    let times = value / threshold;
+    // For an even ratio, how far it is from 1 on its side, against the allowed factor.
+    let times = match goal {
+        Goal::Near => value.max(1.0 / value.max(f64::MIN_POSITIVE)) / threshold,
+        Goal::AtLeast | Goal::Below => value / threshold,
+    };
     format!(
         "{} ({}x)",
         if met { "met" } else { "MISSED" },
@@ -176,6 +189,11 @@ fn target_text(goal: Goal, threshold: f64) -> String {
     match goal {
         Goal::AtLeast => format!(">= {}", format_value(threshold)),
         Goal::Below => format!("< {}", format_value(threshold)),
+        Goal::Near => format!(
+            "{} to {}",
+            format_value(1.0 / threshold),
+            format_value(threshold)
+        ),
     }
 }
 
@@ -291,5 +309,16 @@ mod tests {
         measurement.set("numbers_per_s", 250_000.0);
         let table = table(&[measurement]);
         assert!(table.contains("MISSED (0.5000x)"), "{table}");
+    }
+
+    /// An even-ratio target is met on either side of 1 within its factor, and missed
+    /// beyond it on either side.
+    #[test]
+    fn near_targets_hold_both_ways() {
+        assert!(verdict(Goal::Near, 0.85, 1.25).starts_with("met"));
+        assert!(verdict(Goal::Near, 1.2, 1.25).starts_with("met"));
+        assert!(verdict(Goal::Near, 0.7, 1.25).starts_with("MISSED"));
+        assert!(verdict(Goal::Near, 1.3, 1.25).starts_with("MISSED"));
+        assert_eq!(target_text(Goal::Near, 1.25), "0.8000 to 1.250");
     }
 }

@@ -54,6 +54,8 @@ fn headline(scenario: &str) -> &'static str {
         "auth" => "logouts_per_s",
         "tls-hello" => "ratio",
         "tls-upload" => "mb_per_s",
+        "sessions" => "ratio",
+        "auth-flood" => "validate_flood_ratio",
         other => panic!("unknown scenario {other}"),
     }
 }

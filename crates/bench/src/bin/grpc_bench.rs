@@ -79,6 +79,12 @@ struct RunArgs {
     /// Sessions opened then closed to measure logouts/s.
     #[arg(long, env = "GRPC_BENCH_LOGOUT_SESSIONS")]
     logout_sessions: Option<usize>,
+    /// Wrong-password logins in flight at once during the auth flood (default 200).
+    #[arg(long, env = "GRPC_BENCH_FLOOD_LOGINS")]
+    flood_logins: Option<usize>,
+    /// Logout and ValidateSession calls timed idle, and again during the flood.
+    #[arg(long, env = "GRPC_BENCH_PROBE_CALLS")]
+    probe_calls: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,6 +169,8 @@ async fn measure(args: RunArgs) -> anyhow::Result<()> {
         .chat_echo_messages
         .unwrap_or(settings.chat_echo_messages);
     settings.logout_sessions = args.logout_sessions.unwrap_or(settings.logout_sessions);
+    settings.flood_logins = args.flood_logins.unwrap_or(settings.flood_logins);
+    settings.probe_calls = args.probe_calls.unwrap_or(settings.probe_calls);
     let scenarios = if args.scenarios.is_empty() {
         Scenario::ALL.to_vec()
     } else {

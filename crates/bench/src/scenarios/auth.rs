@@ -30,8 +30,9 @@ use crate::{
     stats::{Latencies, median, per_second},
 };
 
-/// The account hashed with argon2's cheapest parameters (see the module docs).
-const CHEAP_USER: (&str, &str) = ("bench", "bench-password");
+/// The account hashed with argon2's cheapest parameters (see the module docs); the other
+/// auth scenarios open their sessions with it too.
+pub(super) const CHEAP_USER: (&str, &str) = ("bench", "bench-password");
 
 /// Sequential logins timed to find what a login costs beyond its password check.
 const OVERHEAD_SAMPLES: usize = 200;
@@ -165,8 +166,8 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     Ok(measurement)
 }
 
-/// Logs in and returns the session id.
-async fn login(
+/// Logs in and returns the session id; a refusal is an error.
+pub(super) async fn login(
     mut client: AuthServiceClient<Channel>,
     (username, password): (&str, &str),
 ) -> anyhow::Result<String> {
@@ -187,7 +188,7 @@ async fn login(
 
 /// The users file: `user1` at OWASP's minimum (as the auth server hashes), `bench` at
 /// argon2's smallest parameters.
-fn write_users_file() -> anyhow::Result<String> {
+pub(super) fn write_users_file() -> anyhow::Result<String> {
     let real = hash_password(DEMO_USER.1).map_err(|error| anyhow::anyhow!("hashing: {error}"))?;
     let params = Params::new(Params::MIN_M_COST, Params::MIN_T_COST, 1, None)
         .map_err(|error| anyhow::anyhow!("argon2 parameters: {error}"))?;

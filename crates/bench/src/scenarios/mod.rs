@@ -3,10 +3,12 @@
 //! load-generating loops they share.
 
 pub mod auth;
+pub mod auth_flood;
 pub mod chat;
 pub mod hello;
 pub mod logger;
 pub mod random;
+pub mod sessions;
 pub mod tls;
 pub mod upload;
 
@@ -52,11 +54,16 @@ pub enum Scenario {
     TlsHello,
     /// `upload` over TLS.
     TlsUpload,
+    /// SayHello on the file service with sessions off, then on (`--auth-url`).
+    Sessions,
+    /// Logout and ValidateSession latency idle and during a wrong-password flood, and
+    /// unknown-user against wrong-password login times.
+    AuthFlood,
 }
 
 impl Scenario {
     /// Every scenario, in the order a full run measures them.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 10] = [
         Self::Hello,
         Self::Upload,
         Self::Random,
@@ -65,6 +72,8 @@ impl Scenario {
         Self::Auth,
         Self::TlsHello,
         Self::TlsUpload,
+        Self::Sessions,
+        Self::AuthFlood,
     ];
 
     /// The name on `scenario=` lines.
@@ -78,6 +87,8 @@ impl Scenario {
             Self::Auth => "auth",
             Self::TlsHello => "tls-hello",
             Self::TlsUpload => "tls-upload",
+            Self::Sessions => "sessions",
+            Self::AuthFlood => "auth-flood",
         }
     }
 
@@ -92,6 +103,8 @@ impl Scenario {
             Self::Auth => &[ServerKind::Logger, ServerKind::Auth],
             Self::TlsHello => &[ServerKind::Bare, ServerKind::File],
             Self::TlsUpload => &[ServerKind::Streaming],
+            Self::Sessions => &[ServerKind::Logger, ServerKind::Auth, ServerKind::File],
+            Self::AuthFlood => &[ServerKind::Logger, ServerKind::Auth],
         }
     }
 }
@@ -131,6 +144,12 @@ pub struct Settings {
     pub logout_sessions: usize,
     /// Password checks timed directly, in this process.
     pub password_checks: usize,
+    /// Wrong-password logins in flight at once during the auth flood.
+    pub flood_logins: usize,
+    /// Sequential Logout and ValidateSession calls timed idle, and again during the flood.
+    pub probe_calls: usize,
+    /// Refused logins timed for an unknown user, and as many for a wrong password.
+    pub login_timing_samples: usize,
 }
 
 impl Settings {
@@ -153,6 +172,9 @@ impl Settings {
             login_concurrency: 4,
             logout_sessions: 20_000,
             password_checks: 10,
+            flood_logins: 200,
+            probe_calls: 1000,
+            login_timing_samples: 20,
         }
     }
 
@@ -175,6 +197,10 @@ impl Settings {
             login_concurrency: 2,
             logout_sessions: 200,
             password_checks: 2,
+            // Still far more logins than the password pool runs at once: the flood is real.
+            flood_logins: 50,
+            probe_calls: 30,
+            login_timing_samples: 3,
         }
     }
 }
@@ -204,6 +230,8 @@ pub async fn run(scenario: Scenario, context: &Context<'_>) -> anyhow::Result<Me
         Scenario::Chat => chat::run(context).await,
         Scenario::Logger => logger::run(context).await,
         Scenario::Auth => auth::run(context).await,
+        Scenario::Sessions => sessions::run(context).await,
+        Scenario::AuthFlood => auth_flood::run(context).await,
         Scenario::TlsHello => {
             let tls = tls::Transport::tls_in(&context.data_dir.join("certs"))?;
             hello::measure(context, &tls, scenario.name()).await
@@ -378,5 +406,25 @@ pub fn remove_dir(path: &Path) {
         && error.kind() != std::io::ErrorKind::NotFound
     {
         eprintln!("warning: could not remove {}: {error}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum as _;
+
+    use super::*;
+
+    /// The name a scenario reports under is the one `--scenario` takes, so a reader can
+    /// rerun any line of the report.
+    #[test]
+    fn report_names_are_the_flag_values() {
+        for scenario in Scenario::ALL {
+            let value = scenario
+                .to_possible_value()
+                .expect("every scenario is selectable");
+            assert_eq!(value.get_name(), scenario.name());
+        }
+        assert_eq!(Scenario::value_variants().len(), Scenario::ALL.len());
     }
 }
