@@ -45,7 +45,8 @@ RUN find src crates -name '*.rs' -exec touch {} + \
  && for command in $COMMANDS; do ln -s grpc-suite "/out/$command"; done
 
 # ---- root file system ------------------------------------------------------------------
-# Only what the image runs: our binaries, the entrypoint's shell and tools (sh, id, stat,
+# Only what the image runs: our binary, the shell and tools of the entrypoint and of the
+# TLS override's certificate step (sh, id, stat, chmod, cat,
 # chown, mountpoint, setpriv), and the shared libraries all of them load, found with ldd.
 # A whole Debian system would be 75 MB on its own.
 FROM ${RUNTIME_IMAGE} AS rootfs
@@ -55,7 +56,7 @@ RUN set -eu; \
     mkdir -p /rootfs/bin /rootfs/tmp /rootfs/etc /rootfs/data/uploaded_files \
       /rootfs/data/streamed_files /rootfs/data/logs_data; \
     chmod 1777 /rootfs/tmp; \
-    for tool in sh id stat chown mountpoint setpriv; do cp -L "$(command -v "$tool")" /rootfs/bin/; done; \
+    for tool in sh id stat chown chmod cat mountpoint setpriv; do cp -L "$(command -v "$tool")" /rootfs/bin/; done; \
     for executable in /rootfs/bin/* /rootfs/usr/local/bin/*; do \
       ldd "$executable" 2>/dev/null | grep -o '/[^ ]*' || true; \
     done | sort -u | while read -r library; do cp -L --parents "$library" /rootfs/; done; \
