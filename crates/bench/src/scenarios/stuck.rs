@@ -60,8 +60,16 @@ const END_OF_PHASE: &str = "end of phase";
 /// Measures `chat-stuck`.
 pub async fn chat(context: &Context<'_>) -> anyhow::Result<Measurement> {
     let settings = context.settings;
-    let server =
-        Server::start(ServerKind::Streaming, &context.server_dir("streaming"), &[]).await?;
+    // One connection per member, plus the live member's and the sender's: more than the
+    // servers' default cap of 1,000 connections, as a deployment for that many members
+    // would raise it.
+    let max_connections = (settings.stuck_members + 16).to_string();
+    let server = Server::start(
+        ServerKind::Streaming,
+        &context.server_dir("streaming"),
+        &["--max-connections", &max_connections],
+    )
+    .await?;
     let measured = chat_phases(&server, context).await;
     let mut measurement = Measurement::new("chat-stuck");
     measurement
