@@ -148,6 +148,10 @@ pub const TARGETS: &[Target] = &[
     target("auth-flood", "logout_flood_ratio", Goal::Below, 2.0),
     target("auth-flood", "validate_flood_ratio", Goal::Below, 2.0),
     target("auth-flood", "unknown_user_ratio", Goal::Near, 1.25),
+    target("chat-stuck", "peak_rss_mib", Goal::Below, 256.0),
+    target("chat-stuck", "after_minus_idle_mib", Goal::Below, 32.0),
+    target("followers-stuck", "peak_rss_mib", Goal::Below, 256.0),
+    target("followers-stuck", "after_minus_idle_mib", Goal::Below, 32.0),
 ];
 
 /// Every server: accepting connections within 100 ms, idling under 10 MiB.

@@ -56,6 +56,8 @@ fn headline(scenario: &str) -> &'static str {
         "tls-upload" => "mb_per_s",
         "sessions" => "ratio",
         "auth-flood" => "validate_flood_ratio",
+        "chat-stuck" => "peak_rss_mib",
+        "followers-stuck" => "peak_rss_mib",
         other => panic!("unknown scenario {other}"),
     }
 }

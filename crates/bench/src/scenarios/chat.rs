@@ -44,7 +44,7 @@ use crate::{
 };
 
 /// The sender name of the server's announcements.
-const SYSTEM: &str = "System";
+pub(crate) const SYSTEM: &str = "System";
 
 /// How a join announcement ends.
 const JOINED: &str = " has joined the chat";
@@ -113,13 +113,15 @@ struct FanOut {
 }
 
 /// One connected chat member, as the bench holds it.
-struct Member {
-    outgoing: mpsc::Sender<pb::ChatMessage>,
-    incoming: Streaming<pb::ChatMessage>,
+pub(crate) struct Member {
+    /// Its request stream: a message sent here is said in the room.
+    pub(crate) outgoing: mpsc::Sender<pb::ChatMessage>,
+    /// Its response stream: what the room delivers to it.
+    pub(crate) incoming: Streaming<pb::ChatMessage>,
 }
 
 /// Joins over `channel`; returns once the own announcement arrived.
-async fn join(channel: Channel, queue: usize) -> anyhow::Result<Member> {
+pub(crate) async fn join(channel: Channel, queue: usize) -> anyhow::Result<Member> {
     let mut client = StreamingServiceClient::new(channel);
     let (outgoing, requests) = mpsc::channel(queue.max(1));
     let mut incoming = tokio::time::timeout(
@@ -141,7 +143,8 @@ async fn join(channel: Channel, queue: usize) -> anyhow::Result<Member> {
     Ok(Member { outgoing, incoming })
 }
 
-async fn next_message(
+/// The next message on `incoming`, waiting at most [`CALL_TIMEOUT`].
+pub(crate) async fn next_message(
     incoming: &mut Streaming<pb::ChatMessage>,
 ) -> anyhow::Result<Option<pb::ChatMessage>> {
     tokio::time::timeout(CALL_TIMEOUT, incoming.message())

@@ -9,6 +9,7 @@ pub mod hello;
 pub mod logger;
 pub mod random;
 pub mod sessions;
+pub mod stuck;
 pub mod tls;
 pub mod upload;
 
@@ -59,11 +60,17 @@ pub enum Scenario {
     /// Logout and ValidateSession latency idle and during a wrong-password flood, and
     /// unknown-user against wrong-password login times.
     AuthFlood,
+    /// Chat members that never read while one sender sends 64 KiB messages: the server's
+    /// peak memory, a reading member's latency, and memory once everyone left.
+    ChatStuck,
+    /// The same for log followers that never read while rows with large details are
+    /// written.
+    FollowersStuck,
 }
 
 impl Scenario {
     /// Every scenario, in the order a full run measures them.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 12] = [
         Self::Hello,
         Self::Upload,
         Self::Random,
@@ -74,6 +81,8 @@ impl Scenario {
         Self::TlsUpload,
         Self::Sessions,
         Self::AuthFlood,
+        Self::ChatStuck,
+        Self::FollowersStuck,
     ];
 
     /// The name on `scenario=` lines.
@@ -89,6 +98,8 @@ impl Scenario {
             Self::TlsUpload => "tls-upload",
             Self::Sessions => "sessions",
             Self::AuthFlood => "auth-flood",
+            Self::ChatStuck => "chat-stuck",
+            Self::FollowersStuck => "followers-stuck",
         }
     }
 
@@ -105,6 +116,8 @@ impl Scenario {
             Self::TlsUpload => &[ServerKind::Streaming],
             Self::Sessions => &[ServerKind::Logger, ServerKind::Auth, ServerKind::File],
             Self::AuthFlood => &[ServerKind::Logger, ServerKind::Auth],
+            Self::ChatStuck => &[ServerKind::Streaming],
+            Self::FollowersStuck => &[ServerKind::Logger],
         }
     }
 }
@@ -150,6 +163,21 @@ pub struct Settings {
     pub probe_calls: usize,
     /// Refused logins timed for an unknown user, and as many for a wrong password.
     pub login_timing_samples: usize,
+    /// Chat members that join and never read in `chat-stuck`.
+    pub stuck_members: usize,
+    /// Messages the sender sends while they are stuck (and as many before, for the
+    /// baseline latency).
+    pub stuck_messages: usize,
+    /// Bytes of each of those messages' text (the chat's limit is 64 KiB).
+    pub stuck_message_bytes: usize,
+    /// Log followers that never read in `followers-stuck`.
+    pub stuck_followers: usize,
+    /// Rows written while they are stuck.
+    pub stuck_rows: usize,
+    /// Bytes of each row's details (the logger's limit is 64 KiB).
+    pub stuck_row_bytes: usize,
+    /// How long after the stuck clients left the server's memory is sampled again.
+    pub settle: Duration,
 }
 
 impl Settings {
@@ -175,6 +203,13 @@ impl Settings {
             flood_logins: 200,
             probe_calls: 1000,
             login_timing_samples: 20,
+            stuck_members: 1000,
+            stuck_messages: 200,
+            stuck_message_bytes: 64 * 1024,
+            stuck_followers: 100,
+            stuck_rows: 200,
+            stuck_row_bytes: 60 * 1024,
+            settle: Duration::from_secs(5),
         }
     }
 
@@ -201,6 +236,13 @@ impl Settings {
             flood_logins: 50,
             probe_calls: 30,
             login_timing_samples: 3,
+            stuck_members: 20,
+            stuck_messages: 10,
+            stuck_message_bytes: 64 * 1024,
+            stuck_followers: 10,
+            stuck_rows: 10,
+            stuck_row_bytes: 60 * 1024,
+            settle: Duration::from_secs(1),
         }
     }
 }
@@ -232,6 +274,8 @@ pub async fn run(scenario: Scenario, context: &Context<'_>) -> anyhow::Result<Me
         Scenario::Auth => auth::run(context).await,
         Scenario::Sessions => sessions::run(context).await,
         Scenario::AuthFlood => auth_flood::run(context).await,
+        Scenario::ChatStuck => stuck::chat(context).await,
+        Scenario::FollowersStuck => stuck::followers(context).await,
         Scenario::TlsHello => {
             let tls = tls::Transport::tls_in(&context.data_dir.join("certs"))?;
             hello::measure(context, &tls, scenario.name()).await
@@ -249,6 +293,28 @@ pub async fn connect(url: &str) -> anyhow::Result<Channel> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid URL {url}"))?
         .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5));
+    tokio::time::timeout(CALL_TIMEOUT, endpoint.connect())
+        .await
+        .with_context(|| format!("connecting to {url} timed out"))?
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// How much a client that never reads lets the server send before HTTP/2 flow control
+/// stops it: 64 KiB per stream and per connection, the protocol's default (tonic's own
+/// defaults are megabytes). A stuck client then buffers almost nothing itself, so what the
+/// server does with the rest is what is measured, and a thousand of them do not cost the
+/// benchmark gigabytes.
+const STUCK_WINDOW: u32 = 64 * 1024;
+
+/// Opens one connection to `url` for a client that will stop reading (see
+/// [`STUCK_WINDOW`]).
+pub async fn connect_stuck(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid URL {url}"))?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STUCK_WINDOW)
+        .initial_connection_window_size(STUCK_WINDOW)
         .connect_timeout(Duration::from_secs(5));
     tokio::time::timeout(CALL_TIMEOUT, endpoint.connect())
         .await
