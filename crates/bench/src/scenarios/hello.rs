@@ -5,9 +5,8 @@
 //! per-call metrics cost (target: at least 0.95).
 
 use anyhow::Context as _;
-use grpc_suite::file as pb;
+use grpc_suite::{cli::Connection, file as pb};
 use pb::file_service_client::FileServiceClient;
-use tonic::transport::Channel;
 
 use super::{Context, add_server_figures, closed_loop, tls::Transport};
 use crate::{
@@ -53,43 +52,11 @@ pub async fn measure(
         let channels = transport
             .connect_many(&transport.url(&server), settings.connections)
             .await?;
-        let clients: Vec<FileServiceClient<Channel>> =
-            channels.into_iter().map(FileServiceClient::new).collect();
-        let mut outcome = closed_loop(
-            &clients,
-            settings.concurrency,
-            settings.warmup,
-            settings.duration,
-            |mut client: FileServiceClient<Channel>| async move {
-                let answer = client
-                    .say_hello(pb::HelloRequest {
-                        name: "bench".to_owned(),
-                    })
-                    .await
-                    .context("SayHello")?;
-                anyhow::ensure!(
-                    answer.get_ref().message == "Hello, bench!",
-                    "unexpected answer {:?}",
-                    answer.get_ref().message
-                );
-                Ok(())
-            },
-        )
-        .await?;
-        let prefix = format!("{label}_");
-        let rate = per_second(outcome.calls, outcome.elapsed);
-        rates.push(rate);
-        measurement
-            .set(&format!("{prefix}rps"), rate)
-            .set(
-                &format!("{prefix}p50_us"),
-                outcome.latencies.quantile_us(0.50),
-            )
-            .set(
-                &format!("{prefix}p99_us"),
-                outcome.latencies.quantile_us(0.99),
-            );
-        add_server_figures(&mut measurement, &prefix, &server)?;
+        let clients: Vec<FileServiceClient<Connection>> = channels
+            .into_iter()
+            .map(|channel| FileServiceClient::new(Connection::from(channel)))
+            .collect();
+        rates.push(say_hello_load(context, &clients, &mut measurement, label, &server).await?);
         server.stop();
     }
     if let [bare, file, file_metrics] = rates[..] {
@@ -97,4 +64,52 @@ pub async fn measure(
         measurement.set("metrics_ratio", file_metrics / file.max(f64::MIN_POSITIVE));
     }
     Ok(measurement)
+}
+
+/// Drives SayHello through `clients` in a closed loop at the run's concurrency, records
+/// `<label>_rps`, `<label>_p50_us`, `<label>_p99_us` and `server`'s figures, and returns the
+/// rate. Shared by every scenario that compares SayHello on two servers.
+pub(super) async fn say_hello_load(
+    context: &Context<'_>,
+    clients: &[FileServiceClient<Connection>],
+    measurement: &mut Measurement,
+    label: &str,
+    server: &Server,
+) -> anyhow::Result<f64> {
+    let settings = context.settings;
+    let mut outcome = closed_loop(
+        clients,
+        settings.concurrency,
+        settings.warmup,
+        settings.duration,
+        |mut client: FileServiceClient<Connection>| async move {
+            let answer = client
+                .say_hello(pb::HelloRequest {
+                    name: "bench".to_owned(),
+                })
+                .await
+                .context("SayHello")?;
+            anyhow::ensure!(
+                answer.get_ref().message == "Hello, bench!",
+                "unexpected answer {:?}",
+                answer.get_ref().message
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    let prefix = format!("{label}_");
+    let rate = per_second(outcome.calls, outcome.elapsed);
+    measurement
+        .set(&format!("{prefix}rps"), rate)
+        .set(
+            &format!("{prefix}p50_us"),
+            outcome.latencies.quantile_us(0.50),
+        )
+        .set(
+            &format!("{prefix}p99_us"),
+            outcome.latencies.quantile_us(0.99),
+        );
+    add_server_figures(measurement, &prefix, server)?;
+    Ok(rate)
 }

@@ -14,14 +14,13 @@ use pb::file_service_client::FileServiceClient;
 use tonic::{Code, transport::Channel};
 
 use super::{
-    Context, add_server_figures,
+    Context,
     auth::{CHEAP_USER, login, write_users_file},
-    closed_loop, connect_many,
+    connect_many,
 };
 use crate::{
     report::Measurement,
     servers::{Server, ServerKind},
-    stats::per_second,
 };
 
 /// Measures SayHello on an open file service, then on one guarded by sessions.
@@ -78,41 +77,10 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
             };
             clients.push(FileServiceClient::new(connection));
         }
-        let mut outcome = closed_loop(
-            &clients,
-            settings.concurrency,
-            settings.warmup,
-            settings.duration,
-            |mut client: FileServiceClient<Connection>| async move {
-                let answer = client
-                    .say_hello(pb::HelloRequest {
-                        name: "bench".to_owned(),
-                    })
-                    .await
-                    .context("SayHello")?;
-                anyhow::ensure!(
-                    answer.get_ref().message == "Hello, bench!",
-                    "unexpected answer {:?}",
-                    answer.get_ref().message
-                );
-                Ok(())
-            },
-        )
-        .await?;
-        let prefix = format!("{label}_");
-        let rate = per_second(outcome.calls, outcome.elapsed);
-        rates.push(rate);
-        measurement
-            .set(&format!("{prefix}rps"), rate)
-            .set(
-                &format!("{prefix}p50_us"),
-                outcome.latencies.quantile_us(0.50),
-            )
-            .set(
-                &format!("{prefix}p99_us"),
-                outcome.latencies.quantile_us(0.99),
-            );
-        add_server_figures(&mut measurement, &prefix, &server)?;
+        rates.push(
+            super::hello::say_hello_load(context, &clients, &mut measurement, label, &server)
+                .await?,
+        );
         server.stop();
     }
     if let [open, guarded] = rates[..] {
