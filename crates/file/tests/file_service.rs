@@ -537,33 +537,9 @@ async fn name_of_an_existing_folder_is_a_failed_precondition() {
 /// Needs a small tmpfs, which only root can mount; elsewhere the test says why it skipped.
 #[tokio::test]
 async fn full_disk_is_resource_exhausted() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
-        .arg(dir.path())
-        .output();
-    match &mounted {
-        Ok(output) if output.status.success() => {}
-        Ok(output) => {
-            eprintln!(
-                "skipped: cannot mount a tmpfs ({})",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-            return;
-        }
-        Err(error) => {
-            eprintln!("skipped: cannot run mount ({error})");
-            return;
-        }
-    }
-    /// Unmounts on every exit, a failed assertion included.
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(dir.path());
+    let Some(dir) = testkit::Tmpfs::mount("64k") else {
+        return;
+    };
     let server = start(dir.path(), 1024 * 1024).await;
     let mut client = client(&server).await;
     let status = tokio::time::timeout(

@@ -908,33 +908,9 @@ async fn health_follows_whether_commits_succeed() {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(dir.path())
-        .output();
-    match &mounted {
-        Ok(output) if output.status.success() => {}
-        Ok(output) => {
-            eprintln!(
-                "skipped: cannot mount a tmpfs ({})",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-            return;
-        }
-        Err(error) => {
-            eprintln!("skipped: cannot run mount ({error})");
-            return;
-        }
-    }
-    /// Unmounts on every exit, a failed assertion included.
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _unmount = Unmount(dir.path());
+    let Some(dir) = testkit::Tmpfs::mount("1m") else {
+        return;
+    };
     let filler = dir.path().join("filler");
     std::fs::write(&filler, vec![0_u8; 300 * 1024]).expect("filler");
     let (server, _) = start(&dir.path().join("logs.db"), 100).await;

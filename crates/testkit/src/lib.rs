@@ -315,3 +315,46 @@ fn run_with_timeout(command: &mut Command, limit: Duration) -> anyhow::Result<Ou
         .map_err(|_| anyhow::anyhow!("waiting for the process panicked"))?
         .context("waiting for the process")
 }
+
+/// A small tmpfs mounted over a temporary folder, for tests of a full disk; unmounted when
+/// dropped, a failed assertion included.
+pub struct Tmpfs {
+    folder: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`64k`, `1m`). Only root may; elsewhere this returns `None`
+    /// after printing why, and the test skips with that reason.
+    pub fn mount(size: &str) -> Option<Self> {
+        let folder = tempfile::tempdir().expect("tempdir");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(folder.path())
+            .output();
+        match mounted {
+            Ok(output) if output.status.success() => Some(Self { folder }),
+            Ok(output) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs ({})",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+                None
+            }
+            Err(error) => {
+                eprintln!("skipped: cannot run mount ({error})");
+                None
+            }
+        }
+    }
+
+    /// The mounted folder.
+    pub fn path(&self) -> &Path {
+        self.folder.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.folder.path()).status();
+    }
+}
