@@ -40,11 +40,7 @@ const OVERHEAD_SAMPLES: usize = 200;
 /// Measures the password check, logins/s at real cost, login overhead, and logouts/s.
 pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     let settings = context.settings;
-    let users_path = context.data_dir.join("users.txt");
-    let users = tokio::task::spawn_blocking(write_users_file)
-        .await
-        .context("hashing the bench passwords")??;
-    std::fs::write(&users_path, users).context("writing the users file")?;
+    let users_path = users_file(context).await?;
     let mut measurement = Measurement::new("auth");
 
     // The check alone, in this process, before any server competes for the cores.
@@ -64,15 +60,7 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     .context("timing the password check")??;
     measurement.set("check_ms", check_ms);
 
-    let logger = Server::start(ServerKind::Logger, &context.server_dir("logger"), &[]).await?;
-    let users_arg = users_path.to_string_lossy().into_owned();
-    let logger_url = logger.url();
-    let server = Server::start(
-        ServerKind::Auth,
-        &context.server_dir("auth"),
-        &["--users", &users_arg, "--logger-addr", &logger_url],
-    )
-    .await?;
+    let (logger, server) = start_auth_with_logger(context, &users_path, &[]).await?;
     let channels = connect_many(&server.url(), settings.connections).await?;
     let clients: Vec<AuthServiceClient<Channel>> =
         channels.into_iter().map(AuthServiceClient::new).collect();
@@ -164,6 +152,37 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     server.stop();
     logger.stop();
     Ok(measurement)
+}
+
+/// Writes the bench's users file ([`write_users_file`]) into the run's folder; its path.
+pub(super) async fn users_file(context: &Context<'_>) -> anyhow::Result<std::path::PathBuf> {
+    let path = context.data_dir.join("users.txt");
+    let users = tokio::task::spawn_blocking(write_users_file)
+        .await
+        .context("hashing the bench passwords")??;
+    std::fs::write(&path, users).context("writing the users file")?;
+    Ok(path)
+}
+
+/// A logger, and an auth server over `users` sending its audit events to it, as deployed;
+/// `extra` flags go to the auth server. Returns (logger, auth).
+pub(super) async fn start_auth_with_logger(
+    context: &Context<'_>,
+    users: &std::path::Path,
+    extra: &[&str],
+) -> anyhow::Result<(Server, Server)> {
+    let logger = Server::start(ServerKind::Logger, &context.server_dir("logger"), &[]).await?;
+    let users = users.to_string_lossy().into_owned();
+    let logger_url = logger.url();
+    let mut flags = vec![
+        "--users",
+        users.as_str(),
+        "--logger-addr",
+        logger_url.as_str(),
+    ];
+    flags.extend_from_slice(extra);
+    let auth = Server::start(ServerKind::Auth, &context.server_dir("auth"), &flags).await?;
+    Ok((logger, auth))
 }
 
 /// Logs in and returns the session id; a refusal is an error.

@@ -32,12 +32,11 @@ use tonic::transport::Channel;
 
 use super::{
     CALL_TIMEOUT, Context, add_server_figures,
-    auth::{CHEAP_USER, login, write_users_file},
+    auth::{self, CHEAP_USER, login},
     connect, connect_many, fixed_work,
 };
 use crate::{
     report::Measurement,
-    servers::{Server, ServerKind},
     stats::{Latencies, median, per_second},
 };
 
@@ -56,22 +55,11 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         .set("flood_logins", settings.flood_logins as f64)
         .set("probe_calls", settings.probe_calls as f64);
 
-    let users_path = context.data_dir.join("users.txt");
-    let users = tokio::task::spawn_blocking(write_users_file)
-        .await
-        .context("hashing the bench passwords")??;
-    std::fs::write(&users_path, users).context("writing the users file")?;
-    let users_arg = users_path.to_string_lossy().into_owned();
-    let logger = Server::start(ServerKind::Logger, &context.server_dir("logger"), &[]).await?;
-    let logger_url = logger.url();
-    let server = Server::start(
-        ServerKind::Auth,
-        &context.server_dir("auth"),
+    let users_path = auth::users_file(context).await?;
+    let (logger, server) = auth::start_auth_with_logger(
+        context,
+        &users_path,
         &[
-            "--users",
-            &users_arg,
-            "--logger-addr",
-            &logger_url,
             "--login-failures-per-user",
             NO_THROTTLE,
             "--login-failures-per-address",

@@ -15,7 +15,7 @@ use tonic::{Code, transport::Channel};
 
 use super::{
     Context,
-    auth::{CHEAP_USER, login, write_users_file},
+    auth::{self, CHEAP_USER, login},
     connect_many,
 };
 use crate::{
@@ -34,20 +34,8 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
 
     // The auth service as deployed, with a logger for its audit events. It runs through
     // both phases, so the open phase shares the machine with the same idle processes.
-    let users_path = context.data_dir.join("users.txt");
-    let users = tokio::task::spawn_blocking(write_users_file)
-        .await
-        .context("hashing the bench passwords")??;
-    std::fs::write(&users_path, users).context("writing the users file")?;
-    let users_arg = users_path.to_string_lossy().into_owned();
-    let logger = Server::start(ServerKind::Logger, &context.server_dir("logger"), &[]).await?;
-    let logger_url = logger.url();
-    let auth = Server::start(
-        ServerKind::Auth,
-        &context.server_dir("auth"),
-        &["--users", &users_arg, "--logger-addr", &logger_url],
-    )
-    .await?;
+    let users_path = auth::users_file(context).await?;
+    let (logger, auth) = auth::start_auth_with_logger(context, &users_path, &[]).await?;
     let auth_url = auth.url();
 
     let mut rates = Vec::new();
