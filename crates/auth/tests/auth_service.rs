@@ -411,18 +411,14 @@ async fn client_binary_refused_login_exits_one() {
     let logger = start_logger(folder.path()).await;
     let auth = start_auth(folder.path(), logger.url(), demo(), Duration::from_secs(60)).await;
     let url = auth.url();
-    let output = tokio::task::spawn_blocking(move || {
-        assert_cmd::Command::new(cargo_bin("auth_client"))
-            .args(["--server", &url, "--password", "bad"])
-            .timeout(TIMEOUT)
-            .output()
+    let (code, _, stderr) = tokio::task::spawn_blocking(move || {
+        run_client("auth_client", &["--server", &url, "--password", "bad"])
     })
     .await
-    .expect("task")
-    .expect("runs");
-    assert_eq!(output.status.code(), Some(1));
+    .expect("task");
+    assert_eq!(code, 1);
     assert_eq!(
-        String::from_utf8_lossy(&output.stderr),
+        stderr,
         "error: login failed: Invalid username or password\n"
     );
 }
@@ -435,17 +431,12 @@ async fn client_binary_logout_after_mentions_no_signal() {
     let logger = start_logger(folder.path()).await;
     let auth = start_auth(folder.path(), logger.url(), demo(), Duration::from_secs(60)).await;
     let url = auth.url();
-    let output = tokio::task::spawn_blocking(move || {
-        assert_cmd::Command::new(cargo_bin("auth_client"))
-            .args(["--server", &url, "--logout-after", "0"])
-            .timeout(TIMEOUT)
-            .output()
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        run_client("auth_client", &["--server", &url, "--logout-after", "0"])
     })
     .await
-    .expect("task")
-    .expect("runs");
-    assert!(output.status.success(), "{output:?}");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    .expect("task");
+    assert_eq!(code, 0, "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{stdout}");
     assert!(
