@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // `bytes::Bytes` for every bytes field: upload chunks are handed on without copies.
         .bytes(".")
+        // tonic-prost's codec with 1 KiB starting buffers instead of 8 KiB (src/codec.rs).
+        .codec_path("crate::codec::LeanCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

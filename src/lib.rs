@@ -9,6 +9,7 @@
 //!   fix-up and graceful shutdown.
 //! - [`args`]: the flags every server and every client takes, defined once.
 //! - [`cli`]: what every binary's `main` shares: tracing setup, exit codes, connecting.
+//! - [`codec`]: the protobuf codec of every generated client and server (smaller buffers).
 //! - [`metrics`]: Prometheus metrics (per call and per service) and their `/metrics` endpoint.
 //! - [`gauge`]: a live, awaitable count of in-flight work, for observing that it stopped.
 //! - [`session_guard`]: `--auth-url`: calls need a live session, checked with the auth service.
@@ -21,6 +22,7 @@
 
 pub mod args;
 pub mod cli;
+pub mod codec;
 pub mod gauge;
 pub mod group_commit;
 pub mod metrics;

@@ -176,6 +176,18 @@ pub struct GrpcServer {
     /// Whether the services can do their work (a logger that can commit), if one of them
     /// says: health then follows it until shutdown.
     serving: Option<tokio::sync::watch::Receiver<bool>>,
+    /// What a request over the decode limit is told the limit is, when that is not the
+    /// decode limit itself ([`GrpcServer::request_limit`]).
+    request_limit: Option<RequestLimit>,
+}
+
+/// The limit a service documents for its requests, named in the answer to one over it.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimit {
+    /// What is limited, as a sentence starts: "a file's content".
+    pub what: &'static str,
+    /// The documented limit, in bytes.
+    pub bytes: u64,
 }
 
 impl Default for GrpcServer {
@@ -193,7 +205,17 @@ impl GrpcServer {
             grace_period: DEFAULT_GRACE_PERIOD,
             task_trackers: Vec::new(),
             serving: None,
+            request_limit: None,
         }
+    }
+
+    /// Names `limit` in the RESOURCE_EXHAUSTED answer to a unary request too large to
+    /// decode, instead of the decode limit: a service that allows room for framing above
+    /// its documented limit (the file service's 64 MiB of content) tells the caller the
+    /// limit it documents, not that limit plus the room.
+    pub fn request_limit(mut self, limit: RequestLimit) -> Self {
+        self.request_limit = Some(limit);
+        self
     }
 
     /// Makes health report NOT_SERVING (overall and per service) while `serving` holds
@@ -254,6 +276,7 @@ impl GrpcServer {
             limits,
             metrics,
         } = listener.into();
+        let request_limit = self.request_limit;
         let local_addr = listener
             .local_addr()
             .context("reading the listener's address")?;
@@ -360,7 +383,9 @@ impl GrpcServer {
             .layer(call_log::layer())
             .option_layer(call_metrics)
             .layer(tower::util::MapResponseLayer::new(
-                relabel_oversized_request::<Body>,
+                move |response: http::Response<Body>| {
+                    relabel_oversized_request(response, request_limit)
+                },
             ))
             .option_layer(guard.map(SessionGuardLayer));
         let server = builder
@@ -576,27 +601,43 @@ const TONIC_TOO_LARGE: &str = "Error, decoded message length too large";
 /// reading a request stream applies it to the errors the stream yields; [`GrpcServer`] applies
 /// it to unary answers, where the handler never ran.
 pub fn relabel_oversized(status: Status) -> Status {
+    relabel_oversized_naming(status, None)
+}
+
+/// [`relabel_oversized`], naming `limit` instead of the decode limit when given.
+fn relabel_oversized_naming(status: Status, limit: Option<RequestLimit>) -> Status {
     if status.code() != Code::OutOfRange || !status.message().starts_with(TONIC_TOO_LARGE) {
         return status;
     }
-    match parse_sizes(status.message()) {
-        Some((found, limit)) => Status::resource_exhausted(format!(
+    match (parse_sizes(status.message()), limit) {
+        (Some((found, _)), Some(RequestLimit { what, bytes })) => {
+            Status::resource_exhausted(format!(
+                "request message is {found} bytes; {what} may be at most {bytes} bytes ({})",
+                crate::size::Size(bytes)
+            ))
+        }
+        (Some((found, limit)), None) => Status::resource_exhausted(format!(
             "request message is {found} bytes; this server accepts at most {limit} bytes"
         )),
-        None => Status::resource_exhausted("request message is larger than this server accepts"),
+        (None, _) => {
+            Status::resource_exhausted("request message is larger than this server accepts")
+        }
     }
 }
 
 /// [`relabel_oversized`] for an answer already turned into HTTP: a unary call refused before
 /// its handler ran carries its status in the response headers.
-fn relabel_oversized_request<B>(mut response: http::Response<B>) -> http::Response<B> {
+fn relabel_oversized_request<B>(
+    mut response: http::Response<B>,
+    limit: Option<RequestLimit>,
+) -> http::Response<B> {
     let Some(status) = Status::from_header_map(response.headers()) else {
         return response;
     };
     if status.code() != Code::OutOfRange {
         return response;
     }
-    let relabelled = relabel_oversized(status);
+    let relabelled = relabel_oversized_naming(status, limit);
     if relabelled.code() == Code::ResourceExhausted
         && let Err(error) = relabelled.add_header(response.headers_mut())
     {
@@ -907,7 +948,7 @@ mod tests {
         let oversized = Status::out_of_range(format!(
             "{TONIC_TOO_LARGE}: found 10 bytes, the limit is: 4 bytes"
         ));
-        let response = relabel_oversized_request(oversized.into_http::<()>());
+        let response = relabel_oversized_request(oversized.clone().into_http::<()>(), None);
         let status = Status::from_header_map(response.headers()).expect("status header");
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(
@@ -915,8 +956,21 @@ mod tests {
             "request message is 10 bytes; this server accepts at most 4 bytes"
         );
 
+        // A service's documented limit replaces the decode limit in the message.
+        let documented = RequestLimit {
+            what: "a file's content",
+            bytes: 2048,
+        };
+        let response = relabel_oversized_request(oversized.into_http::<()>(), Some(documented));
+        let status = Status::from_header_map(response.headers()).expect("status header");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "request message is 10 bytes; a file's content may be at most 2048 bytes (2KiB)"
+        );
+
         let other = Status::out_of_range("sequence out of range");
-        let response = relabel_oversized_request(other.into_http::<()>());
+        let response = relabel_oversized_request(other.into_http::<()>(), None);
         let status = Status::from_header_map(response.headers()).expect("status header");
         assert_eq!(status.code(), Code::OutOfRange);
     }

@@ -6,13 +6,23 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
-use grpc_suite::{
-    file as pb, streaming,
-    tls::{ServerTls, ServerTlsFiles},
-};
+use grpc_suite::tls::{ServerTls, ServerTlsFiles};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming, transport::server::TcpIncoming};
+
+/// The file and streaming services generated with tonic's stock codec (build.rs), so the
+/// reference pays what plain tonic pays.
+mod stock {
+    pub mod file {
+        tonic::include_proto!("file");
+    }
+    pub mod streaming {
+        tonic::include_proto!("streaming");
+    }
+}
+
+use stock::{file as pb, streaming};
 
 /// Binds `addr`, prints `Bench bare server started on port N` (the parent reads the port
 /// from it, as from every server's startup line), and serves until SIGTERM or Ctrl+C; over

@@ -12,8 +12,10 @@ mod service;
 use std::path::PathBuf;
 
 use grpc_suite::{
-    file::file_service_server::FileServiceServer, server::GZIP, server::GrpcServer,
-    server::Listener, storage::StorageDir,
+    file::file_service_server::FileServiceServer,
+    server::Listener,
+    server::{GZIP, GrpcServer, RequestLimit},
+    storage::StorageDir,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +74,10 @@ pub async fn serve(
     // the handler can answer anything larger with a status that names the limit.
     let decode_limit = config.max_file_size.saturating_add(MESSAGE_OVERHEAD);
     GrpcServer::new()
+        .request_limit(RequestLimit {
+            what: "a file's content",
+            bytes: config.max_file_size as u64,
+        })
         .add_service(
             FileServiceServer::new(service)
                 .max_decoding_message_size(decode_limit)

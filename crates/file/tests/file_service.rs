@@ -212,10 +212,14 @@ async fn oversize_content_is_resource_exhausted() {
         .await
         .expect_err("huge");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // It names the documented content limit, not the decode limit (content + framing).
+    let message = status.message();
     assert!(
-        status.message().contains("accepts at most"),
-        "{}",
-        status.message()
+        message.starts_with("request message is ")
+            && message.ends_with(&format!(
+                " bytes; a file's content may be at most {limit} bytes (1MiB)"
+            )),
+        "{message}"
     );
 
     assert_eq!(files_under(dir.path()), ["exact.bin"]);
