@@ -202,6 +202,8 @@ struct Shared {
     next_ticket: AtomicU64,
     /// Bytes of chat messages published and not yet acknowledged.
     in_flight: AtomicUsize,
+    /// Cancelled when the room closes: the bus task stops waiting for NATS.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 /// A request from the room to its bus task.
@@ -291,6 +293,12 @@ impl Publisher {
                 return Err(StreamingError::ShuttingDown);
             }
         }
+        // If the caller goes away (the client cancelled its call) before the number comes
+        // back, no one will read this mailbox: the join must be treated as abandoned.
+        let mut abandoned = Abandoned {
+            room,
+            ticket: Some(ticket),
+        };
         let outcome = match tokio::time::timeout(JOIN_TIMEOUT, number).await {
             Ok(Ok(Ok(number))) => Ok(number),
             Ok(Ok(Err(error))) => Err(error),
@@ -298,11 +306,11 @@ impl Publisher {
             Err(_) => Err(format!("no answer within {JOIN_TIMEOUT:?}")),
         };
         match outcome {
-            Ok(number) => Ok(room.membership(number, ticket, mailbox, counted)),
+            Ok(number) => {
+                abandoned.ticket = None;
+                Ok(room.membership(number, ticket, mailbox, counted))
+            }
             Err(error) => {
-                // If the join was stored after all, the bus task finds no one waiting for
-                // it and publishes the leave.
-                room.lock().pending.remove(&ticket);
                 tracing::warn!(%error, "chat join not published");
                 Err(self.unavailable())
             }
@@ -348,6 +356,22 @@ impl Publisher {
     /// Asks the bus task to announce this replica's members as left and stop.
     pub(super) fn close(&self) {
         let _ = self.outgoing.send(Outgoing::Goodbye);
+        self.shared.closing.cancel();
+    }
+}
+
+/// A join whose caller stopped waiting: its ticket leaves `pending`, so if the join was
+/// stored after all, the bus task finds no one waiting for it and publishes the leave.
+struct Abandoned<'a> {
+    room: &'a ChatRoom,
+    ticket: Option<u64>,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket {
+            self.room.lock().pending.remove(&ticket);
+        }
     }
 }
 
@@ -390,10 +414,14 @@ impl BusTask {
         let mut acks = Acks::new();
         // Set up the stream, announce this replica and subscribe, retrying while NATS
         // cannot be reached; requests meanwhile are refused (joins) or dropped.
+        let closing = self.shared.closing.clone();
         let mut messages = loop {
-            match self.start().await {
-                Ok(messages) => break messages,
-                Err(error) => tracing::warn!(%error, "chat bus not ready; retrying"),
+            tokio::select! {
+                started = self.start() => match started {
+                    Ok(messages) => break messages,
+                    Err(error) => tracing::warn!(%error, "chat bus not ready; retrying"),
+                },
+                () = closing.cancelled() => return,
             }
             let deadline = tokio::time::sleep(RETRY);
             tokio::pin!(deadline);
@@ -591,9 +619,9 @@ impl BusTask {
         let mut event = self.event(Kind::Gone);
         event.gone = self.replica.to_string();
         let id = format!("gone-{}", self.replica);
-        self.publish(&event, Some(id), Acked::Other(Kind::Gone), acks)
-            .await;
         let drained = async {
+            self.publish(&event, Some(id), Acked::Other(Kind::Gone), acks)
+                .await;
             while let Some(done) = acks.join_next().await {
                 if let Ok((what, outcome)) = done {
                     self.acknowledged(what, outcome);
