@@ -26,8 +26,10 @@ use tonic::transport::Channel;
 /// How long any single wait in a test may take before the test fails instead of hanging.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
+pub mod nats;
 mod process;
 
+pub use nats::NatsServer;
 pub use process::{Launch, Memory, ServerProcess};
 
 /// The workspace root (where `protos/` lives).
