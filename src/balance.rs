@@ -573,17 +573,20 @@ impl Policy {
     }
 }
 
-/// True when `error` says the connection could not be made, so the request never reached
-/// a server (a refused port: a replica that stopped).
+/// True when `error` says the request never reached a server's handler: the connection
+/// could not be made (a refused port: a replica that stopped), or the server refused the
+/// stream before processing it (HTTP/2 REFUSED_STREAM, from a replica shutting down).
 fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(current) = cause {
+        let text = current.to_string();
         if current.downcast_ref::<io::Error>().is_some_and(|io_error| {
             matches!(
                 io_error.kind(),
                 io::ErrorKind::ConnectionRefused | io::ErrorKind::HostUnreachable
             )
-        }) || current.to_string().starts_with("tcp connect error")
+        }) || text.starts_with("tcp connect error")
+            || text.contains("refused stream before processing")
         {
             return true;
         }
