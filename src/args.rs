@@ -82,8 +82,9 @@ pub struct ServerArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SessionArgs {
     /// Require a live session on every call (but health and reflection), checked with the
-    /// auth service at this URL (or HOST:PORT). Without it the service is open.
-    #[arg(long, value_name = "URL", value_parser = server_url)]
+    /// auth service at this URL (or HOST:PORT). Without it the service is open. Several
+    /// replicas: comma-separated URLs, or a name with several DNS records (tasks.auth).
+    #[arg(long, value_name = "URL[,URL...]", value_parser = server_urls)]
     pub auth_url: Option<String>,
     /// Trust this CA (PEM) for an https:// auth service instead of the system's roots.
     #[arg(long, value_name = "PEM", requires = "auth_url")]
@@ -117,8 +118,10 @@ impl SessionArgs {
 /// subcommand.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
-    /// The server: a URL such as http://localhost:50051, or HOST:PORT (plaintext).
-    #[arg(long, global = true, value_name = "URL", value_parser = server_url)]
+    /// The server: a URL such as http://localhost:50051, or HOST:PORT (plaintext). Several,
+    /// comma-separated, or a name with several DNS records (Swarm's tasks.<service>): calls
+    /// are spread over them, and those safe to repeat retried on another on UNAVAILABLE.
+    #[arg(long, global = true, value_name = "URL[,URL...]", value_parser = server_urls)]
     pub server: String,
     /// Trust this CA (PEM) for an https:// server instead of the system's roots.
     #[arg(long, global = true, value_name = "PEM")]
@@ -352,11 +355,10 @@ impl ClientArgs {
         deadline: Option<Duration>,
         token: Option<&str>,
     ) -> anyhow::Result<Connection> {
-        let channel =
-            crate::cli::connect_with_deadline(&self.server, &self.tls()?, deadline).await?;
+        let connection = crate::cli::connect_spread(&self.server, &self.tls()?, deadline).await?;
         match token.or(self.session.as_deref()) {
-            Some(credential) => Connection::with_bearer(channel, credential.trim()),
-            None => Ok(channel.into()),
+            Some(credential) => connection.bearer(credential.trim()),
+            None => Ok(connection),
         }
     }
 
@@ -396,6 +398,25 @@ async fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("resolving {address}"))?
         .next()
         .with_context(|| format!("{address} resolves to no address"))
+}
+
+/// Accepts a comma-separated list of server URLs, each as [`server_url`] reads it; they
+/// are the replicas of one service, so they must share a scheme.
+pub fn server_urls(text: &str) -> Result<String, String> {
+    let urls = crate::balance::split(text)
+        .into_iter()
+        .map(server_url)
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = urls.first() else {
+        return Err(format!("{text:?} names no server (e.g. localhost:50051)"));
+    };
+    let https = |url: &String| url.starts_with("https://");
+    if urls.iter().any(|url| https(url) != https(first)) {
+        return Err(format!(
+            "{text:?}: the replicas of one service are all http:// or all https://"
+        ));
+    }
+    Ok(urls.join(","))
 }
 
 /// Accepts a server URL, or `host:port` without a scheme, which means plaintext HTTP/2 (how
@@ -496,6 +517,17 @@ mod tests {
             server_url("127.0.0.1:9").as_deref(),
             Ok("http://127.0.0.1:9")
         );
+    }
+
+    /// `--server` takes several replicas, comma-separated, each read as one address is.
+    #[test]
+    fn server_lists() {
+        let client: Client =
+            parse_from(&["client", "--server", "a:1, http://b:2", "list"]).expect("parses");
+        assert_eq!(client.connection.server, "http://a:1,http://b:2");
+        assert!(server_urls("a:1,ftp://b:2").is_err());
+        assert!(server_urls("http://a:1,https://b:2").is_err());
+        assert!(server_urls(" , ").is_err());
     }
 
     /// A server binds a host name, not only an IP literal, and announces the real port.

@@ -4,7 +4,10 @@
 use std::{io, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
-use tonic::{Code, Status, transport::Channel};
+use tonic::{
+    Code, Status,
+    transport::{Channel, Endpoint},
+};
 
 use crate::tls::ClientTls;
 
@@ -92,7 +95,17 @@ pub async fn connect_with_deadline(
     tls: &ClientTls,
     deadline: Option<Duration>,
 ) -> anyhow::Result<Channel> {
-    let mut endpoint = crate::tls::endpoint(url, tls)?
+    let endpoint = configure_endpoint(crate::tls::endpoint(url, tls)?, deadline);
+    let host = endpoint.uri().host().unwrap_or_default().to_owned();
+    endpoint
+        .connect()
+        .await
+        .map_err(|error| connect_error(url, &host, tls, &error))
+}
+
+/// The settings every client endpoint of the suite uses, and `deadline` on every call.
+fn configure_endpoint(endpoint: Endpoint, deadline: Option<Duration>) -> Endpoint {
+    let mut endpoint = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         // A long stream (follow, chat, time) to a server that vanished without a FIN would
@@ -104,11 +117,68 @@ pub async fn connect_with_deadline(
     if let Some(deadline) = deadline {
         endpoint = endpoint.timeout(deadline);
     }
-    let host = endpoint.uri().host().unwrap_or_default().to_owned();
     endpoint
-        .connect()
-        .await
-        .map_err(|error| connect_error(url, &host, tls, &error))
+}
+
+/// Connects to `servers`: one URL as [`connect_with_deadline`] does, or several
+/// (comma-separated), or a name with several DNS records (Swarm's `tasks.<service>`), over
+/// which the calls are spread, retrying on another replica where that is safe (see
+/// [`crate::balance`]). One address, or a name with one record, is today's single
+/// connection, made at once so that a server that is down is reported here.
+pub async fn connect_spread(
+    servers: &str,
+    tls: &ClientTls,
+    deadline: Option<Duration>,
+) -> anyhow::Result<Connection> {
+    let configure: crate::balance::Configure =
+        std::sync::Arc::new(move |endpoint| configure_endpoint(endpoint, deadline));
+    let parts = crate::balance::split(servers);
+    if let [url] = parts.as_slice()
+        && crate::balance::is_single_address(url)
+    {
+        return Ok(connect_with_deadline(url, tls, deadline).await?.into());
+    }
+    let spread = crate::balance::Spread::new(
+        servers,
+        tls,
+        configure,
+        crate::balance::system_resolver(),
+        crate::balance::REFRESH_INTERVAL,
+    )
+    .await?;
+    match spread.replica_urls().as_slice() {
+        // A name with one record: as before, one connection, made now.
+        [url] if parts.len() == 1 && url == parts[0] => {
+            Ok(connect_with_deadline(url, tls, deadline).await?.into())
+        }
+        _ => Ok(Connection::spread(spread)),
+    }
+}
+
+/// A connection over the replicas of `servers` made without waiting (nothing is dialled
+/// until the first call): for servers' own clients (the session guard's auth service), which
+/// start whether or not their peer is up. Names are resolved in the background.
+pub fn connect_lazy_spread(
+    servers: &str,
+    tls: &ClientTls,
+    connect_timeout: Duration,
+) -> anyhow::Result<Connection> {
+    let configure: crate::balance::Configure =
+        std::sync::Arc::new(move |endpoint: Endpoint| endpoint.connect_timeout(connect_timeout));
+    if crate::balance::is_single_address(servers) {
+        let url = crate::balance::split(servers).concat();
+        return Ok(configure(crate::tls::endpoint(&url, tls)?)
+            .connect_lazy()
+            .into());
+    }
+    let spread = crate::balance::Spread::new_lazy(
+        servers,
+        tls,
+        configure,
+        crate::balance::system_resolver(),
+        crate::balance::REFRESH_INTERVAL,
+    )?;
+    Ok(Connection::spread(spread))
 }
 
 /// One line for a failed connection: a certificate the client could not verify names the
@@ -142,46 +212,72 @@ fn connect_error(
 /// A connection to a server that adds this client's credential to every call:
 /// `authorization: Bearer <session id>` (`--session`, for servers started with
 /// `--auth-url`) or a logger token. Without one it is the plain channel. Client libraries
-/// take it wherever they took a `Channel`; a `Channel` converts into one.
+/// take it wherever they took a `Channel`; a `Channel` converts into one. Made by
+/// [`connect_spread`] over several replicas, it spreads the calls over them.
 #[derive(Debug, Clone)]
 pub struct Connection {
-    channel: Channel,
+    route: Route,
     authorization: Option<http::HeaderValue>,
+}
+
+#[derive(Debug, Clone)]
+enum Route {
+    /// One server: the channel as it is.
+    One(Channel),
+    /// Several replicas: each call to the next one, retried where safe.
+    Spread(std::sync::Arc<crate::balance::Spread>),
 }
 
 impl Connection {
     /// A connection that presents `token` as `authorization: Bearer <token>` on every call.
     pub fn with_bearer(channel: Channel, token: &str) -> anyhow::Result<Self> {
+        Self::from(channel).bearer(token)
+    }
+
+    /// This connection, presenting `token` as `authorization: Bearer <token>` on every call.
+    pub fn bearer(self, token: &str) -> anyhow::Result<Self> {
         let mut value = http::HeaderValue::try_from(format!("Bearer {token}"))
             .map_err(|_| anyhow::anyhow!("a session id or token must be printable ASCII"))?;
         // Kept out of HPACK's table and of any debug output of the header map.
         value.set_sensitive(true);
         Ok(Self {
-            channel,
+            route: self.route,
             authorization: Some(value),
         })
+    }
+
+    /// A connection spreading its calls over `spread`'s replicas.
+    pub fn spread(spread: std::sync::Arc<crate::balance::Spread>) -> Self {
+        Self {
+            route: Route::Spread(spread),
+            authorization: None,
+        }
     }
 }
 
 impl From<Channel> for Connection {
     fn from(channel: Channel) -> Self {
         Self {
-            channel,
+            route: Route::One(channel),
             authorization: None,
         }
     }
 }
 
 impl tower::Service<http::Request<tonic::body::Body>> for Connection {
-    type Response = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Response;
-    type Error = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Error;
-    type Future = <Channel as tower::Service<http::Request<tonic::body::Body>>>::Future;
+    type Response = http::Response<tonic::body::Body>;
+    type Error = crate::balance::BoxError;
+    type Future = crate::balance::ResponseFuture;
 
     fn poll_ready(
         &mut self,
         context: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        tower::Service::poll_ready(&mut self.channel, context)
+        match &mut self.route {
+            Route::One(channel) => tower::Service::poll_ready(channel, context).map_err(Into::into),
+            // Each call waits for its replica's channel itself.
+            Route::Spread(_) => std::task::Poll::Ready(Ok(())),
+        }
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
@@ -190,7 +286,13 @@ impl tower::Service<http::Request<tonic::body::Body>> for Connection {
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, value.clone());
         }
-        tower::Service::call(&mut self.channel, request)
+        match &mut self.route {
+            Route::One(channel) => {
+                let call = tower::Service::call(channel, request);
+                Box::pin(async move { call.await.map_err(Into::into) })
+            }
+            Route::Spread(spread) => Box::pin(std::sync::Arc::clone(spread).send(request)),
+        }
     }
 }
 

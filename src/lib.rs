@@ -7,6 +7,8 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors the reflection service publishes.
 //! - [`server`]: serving a set of services with health, reflection, a decode-limit status
 //!   fix-up and graceful shutdown.
+//! - [`balance`]: spreading a client's calls over replicas (several addresses, or a name
+//!   with several DNS records), retrying on another replica where that is safe.
 //! - [`args`]: the flags every server and every client takes, defined once.
 //! - [`cli`]: what every binary's `main` shares: tracing setup, exit codes, connecting.
 //! - [`codec`]: the protobuf codec of every generated client and server (smaller buffers).
@@ -21,6 +23,7 @@
 //! - [`wire_time`]: the contract's timestamp formats, defined once.
 
 pub mod args;
+pub mod balance;
 pub mod cli;
 pub mod codec;
 pub mod gauge;

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tonic::{Code, Status, body::Body, transport::Channel};
+use tonic::{Code, Status, body::Body};
 
 use crate::{
     auth::{ValidateSessionRequest, auth_service_client::AuthServiceClient},
@@ -61,7 +61,7 @@ pub struct SessionGuard {
 
 #[derive(Debug)]
 struct GuardState {
-    auth: AuthServiceClient<Channel>,
+    auth: AuthServiceClient<crate::cli::Connection>,
     auth_url: String,
     /// Session id → (when checked, the user if live). A std mutex: held for a map
     /// operation, never across an `.await`.
@@ -72,10 +72,10 @@ impl SessionGuard {
     /// A guard that asks the auth service at `auth_url` (connected lazily, so a server
     /// starts while auth is down and refuses calls as UNAVAILABLE meanwhile).
     pub fn new(auth_url: &str, tls: &ClientTls) -> anyhow::Result<Self> {
-        let channel = crate::tls::endpoint(auth_url, tls)
-            .context("the auth service's address")?
-            .connect_timeout(VALIDATE_TIMEOUT)
-            .connect_lazy();
+        // Several replicas (a list, or tasks.auth): each check goes to the next one, and
+        // to another when one is unavailable.
+        let channel = crate::cli::connect_lazy_spread(auth_url, tls, VALIDATE_TIMEOUT)
+            .context("the auth service's address")?;
         Ok(Self {
             state: Arc::new(GuardState {
                 auth: AuthServiceClient::new(channel),

@@ -133,6 +133,16 @@ impl ClientTls {
 /// timeouts every connection of the suite uses. TLS files with a plaintext URL are refused
 /// rather than silently unused.
 pub fn endpoint(url: &str, tls: &ClientTls) -> anyhow::Result<Endpoint> {
+    endpoint_named(url, tls, None)
+}
+
+/// [`endpoint`] for a URL that holds one address of a name (a replica found in DNS): the
+/// server's certificate is checked against `tls_name` when given, not against the address.
+pub fn endpoint_named(
+    url: &str,
+    tls: &ClientTls,
+    tls_name: Option<&str>,
+) -> anyhow::Result<Endpoint> {
     let endpoint = Endpoint::from_shared(url.to_owned()).with_context(|| {
         format!("invalid server URL {url:?} (expected e.g. http://localhost:50051)")
     })?;
@@ -151,6 +161,9 @@ pub fn endpoint(url: &str, tls: &ClientTls) -> anyhow::Result<Endpoint> {
     };
     if let Some(identity) = &tls.identity {
         config = config.identity(identity.clone());
+    }
+    if let Some(name) = tls_name {
+        config = config.domain_name(name);
     }
     endpoint
         .tls_config(config)

@@ -78,10 +78,16 @@ pub async fn serve(
     let outbox = outbox::Outbox::open(&outbox_path)
         .with_context(|| format!("opening the audit outbox {}", outbox_path.display()))?;
     // Lazy: the auth server starts, and answers, whether or not the logger is up yet.
-    let logger_channel = grpc_suite::tls::endpoint(&config.logger_url, &config.logger_tls)
-        .context("the logger's address")?
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy();
+    // Several logger replicas (a list, or tasks.logger) share the deliveries; a failed one
+    // is redelivered, and the logger keeps one row per event id.
+    let logger_channel = grpc_suite::balance::lazy_channel(
+        &config.logger_url,
+        &config.logger_tls,
+        Arc::new(|endpoint: tonic::transport::Endpoint| {
+            endpoint.connect_timeout(Duration::from_secs(2))
+        }),
+    )
+    .context("the logger's address")?;
     let logger_token = config
         .logger_token
         .as_deref()

@@ -30,11 +30,14 @@ struct Args {
     #[arg(long, env = "AUTH_SERVICE_DATA_DIR", default_value = "logs_data")]
     data_dir: PathBuf,
     /// The logger service that receives audit events: a URL, or HOST:PORT (plaintext).
+    /// Several replicas: comma-separated URLs, or a name with several DNS records
+    /// (tasks.logger); deliveries are spread over them.
     #[arg(
         long,
         env = "AUTH_SERVICE_LOGGER_ADDR",
+        value_name = "URL[,URL...]",
         default_value_t = format!("http://localhost:{}", grpc_suite::logger::DEFAULT_PORT),
-        value_parser = grpc_suite::args::server_url,
+        value_parser = grpc_suite::args::server_urls,
     )]
     logger_addr: String,
     /// Trust this CA (PEM) for an https:// logger instead of the system's roots.
