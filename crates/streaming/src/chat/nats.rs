@@ -1120,8 +1120,7 @@ mod tests {
             .room
             .join(fake.gauge.enter())
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert_eq!(
             tonic::Status::from(refused).code(),
             tonic::Code::Unavailable
