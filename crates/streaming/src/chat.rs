@@ -738,7 +738,7 @@ mod tests {
 
     /// Everything ready in an outbound stream now, as `sender: message` lines, and whether
     /// it has ended (`Some(code)`) or is waiting for more (`None`).
-    fn drain(outbound: &mut Outbound) -> (Vec<String>, Option<tonic::Code>) {
+    pub(super) fn drain(outbound: &mut Outbound) -> (Vec<String>, Option<tonic::Code>) {
         let waker = Waker::noop();
         let mut context = Context::from_waker(waker);
         let mut lines = Vec::new();

@@ -281,7 +281,27 @@ async fn members_of_three_replicas_share_one_room_in_one_order() {
     let said = format!("{}: still here", a.name());
     assert_eq!(a.next().await, said);
     assert_eq!(b.next().await, said);
-    drop((first, second));
+
+    // A newcomer on another replica than the last speaker gets the room's history (all 17
+    // chat messages, within the default 20), marked as such, ending with the last one.
+    let mut newcomer = second.join().await;
+    let mut history = Vec::new();
+    loop {
+        let message = newcomer.next_message().await;
+        assert!(message.history, "history first: {message:?}");
+        history.push(format!("{}: {}", message.sender, message.message));
+        if history.last() == Some(&said) {
+            break;
+        }
+    }
+    let chat: Vec<&String> = transcripts[0]
+        .iter()
+        .filter(|line| !line.starts_with("System: "))
+        .collect();
+    assert_eq!(chat.len(), 3 * EACH + 1);
+    let earlier: Vec<&String> = history[..history.len() - 1].iter().collect();
+    assert_eq!(earlier, chat, "the history is the room's one order");
+    drop(first);
 }
 
 /// A replica killed with SIGKILL: the others announce each of its members as left, once,

@@ -228,18 +228,7 @@ impl ChatRoom {
     /// task runs on `tasks`, and ends after [`ChatRoom::close`] (having announced this
     /// replica's members as left).
     pub fn with_bus(limits: RoomLimits, bus: Bus, tasks: &TaskTracker) -> Arc<Self> {
-        let (outgoing, requests) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::default());
-        let room = Arc::new(Self {
-            limits,
-            bus: Some(Publisher {
-                url: bus.url.clone(),
-                outgoing,
-                shared: Arc::clone(&shared),
-                in_flight_budget: limits.max_backlog_bytes,
-            }),
-            state: std::sync::Mutex::new(RoomState::default()),
-        });
+        let (room, requests, shared) = Self::on_bus(limits, &bus.url);
         let task = BusTask {
             room: Arc::downgrade(&room),
             replica: Arc::clone(&bus.replica),
@@ -255,6 +244,26 @@ impl ChatRoom {
         };
         tasks.spawn(task.run(requests, bus.events));
         room
+    }
+
+    /// A room whose requests go to the returned receiver (the bus task's, or a test's).
+    fn on_bus(
+        limits: RoomLimits,
+        url: &str,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Outgoing>, Arc<Shared>) {
+        let (outgoing, requests) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        let room = Arc::new(Self {
+            limits,
+            bus: Some(Publisher {
+                url: url.to_owned(),
+                outgoing,
+                shared: Arc::clone(&shared),
+                in_flight_budget: limits.max_backlog_bytes,
+            }),
+            state: std::sync::Mutex::new(RoomState::default()),
+        });
+        (room, requests, shared)
     }
 }
 
@@ -908,5 +917,213 @@ impl std::fmt::Debug for BusTask {
             .field("replica", &self.replica)
             .field("last_applied", &self.last_applied)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The room's side of the bus, without NATS: requests are read from the room's channel
+    //! and the stream's events applied by hand, in the order a stream would deliver them.
+
+    use super::*;
+    use crate::{activity::Gauge, chat::Outbound, chat::tests::drain};
+
+    const ME: &str = "me";
+
+    fn limits() -> RoomLimits {
+        RoomLimits {
+            queue_capacity: 10,
+            max_backlog_bytes: 1000,
+            max_message_bytes: 2000,
+            history_length: 5,
+        }
+    }
+
+    fn text(message: &str) -> pb::ChatMessage {
+        pb::ChatMessage {
+            sender: "spoofed".into(),
+            message: message.into(),
+            timestamp: "12:00:00".into(),
+            history: false,
+        }
+    }
+
+    struct Fake {
+        room: Arc<ChatRoom>,
+        requests: mpsc::UnboundedReceiver<Outgoing>,
+        gauge: Gauge,
+        me: Arc<str>,
+    }
+
+    impl Fake {
+        fn new() -> Self {
+            let (room, requests, shared) = ChatRoom::on_bus(limits(), "nats://test");
+            shared.ready.store(true, Ordering::Release);
+            Self {
+                room,
+                requests,
+                gauge: Gauge::default(),
+                me: Arc::from(ME),
+            }
+        }
+
+        /// A member of this replica whose join the stream stores at `sequence`.
+        async fn join(&mut self, sequence: u64) -> (Membership, Outbound) {
+            let joining = self.room.join(self.gauge.enter());
+            let stream = async {
+                let Some(Outgoing::Join { ticket, reply }) = self.requests.recv().await else {
+                    panic!("a join request first");
+                };
+                assert!(!self.room.apply_join(sequence, &self.me, Some(ticket)));
+                reply.send(Ok(sequence)).expect("the joiner waits");
+            };
+            let (joined, ()) = tokio::join!(joining, stream);
+            let mut member = joined.expect("joined");
+            let outbound = member.outbound();
+            (member, outbound)
+        }
+
+        fn next_request(&mut self) -> Outgoing {
+            self.requests.try_recv().expect("a request")
+        }
+    }
+
+    /// Members of other replicas come and go through the stream's events; a roster that no
+    /// longer lists a member who joined before it (a lost leave) announces the leave, once.
+    #[tokio::test]
+    async fn events_from_other_replicas_reach_members_here() {
+        let mut fake = Fake::new();
+        let (member, mut out) = fake.join(3).await;
+        assert_eq!(member.name(), "Client(3)");
+        let other: Arc<str> = Arc::from("other");
+        fake.room.apply_join(5, &other, None);
+        fake.room.apply_say(5, "hi".into(), "12:00:01".into());
+        fake.room.apply_join(9, &other, None);
+        assert_eq!(fake.room.member_numbers(), [3, 5, 9]);
+        assert_eq!(fake.room.local_member_numbers(), [3]);
+        // The roster as of sequence 6 lists no one: 5 left; 9 joined after it, so stays.
+        fake.room.apply_roster(&other, 6, &[]);
+        fake.room.apply_leave(5);
+        assert_eq!(
+            drain(&mut out).0,
+            [
+                "System: Client(3) has joined the chat",
+                "System: You are Client(3)",
+                "System: Client(5) has joined the chat",
+                "Client(5): hi",
+                "System: Client(9) has joined the chat",
+                "System: Client(5) has left the chat",
+            ]
+        );
+        member.say(text("/who"));
+        assert_eq!(
+            drain(&mut out).0,
+            ["System: In the room (2): Client(3), Client(9)"]
+        );
+    }
+
+    /// A member's message goes to the bus, not to the room: it is delivered (to its sender
+    /// too) when the stream brings it back. Leaving publishes the leave, whose return is
+    /// announced to the others once.
+    #[tokio::test]
+    async fn messages_and_leaves_go_through_the_bus() {
+        let mut fake = Fake::new();
+        let (one, mut out_one) = fake.join(1).await;
+        let (mut two, mut out_two) = fake.join(2).await;
+        drain(&mut out_one);
+        drain(&mut out_two);
+        one.say(text("hello"));
+        assert!(
+            drain(&mut out_one).0.is_empty(),
+            "not before the stream has it"
+        );
+        let Outgoing::Say {
+            number, message, ..
+        } = fake.next_request()
+        else {
+            panic!("a say request");
+        };
+        assert_eq!((number, message.message.as_str()), (1, "hello"));
+        fake.room.apply_say(1, "hello".into(), "12:00:00".into());
+        assert_eq!(drain(&mut out_one).0, ["Client(1): hello"]);
+        assert_eq!(drain(&mut out_two).0, ["Client(1): hello"]);
+
+        two.leave(Ok(()));
+        assert!(matches!(fake.next_request(), Outgoing::Leave(2)));
+        fake.room.apply_leave(2);
+        fake.room.apply_leave(2); // A duplicate changes nothing.
+        assert_eq!(
+            drain(&mut out_one).0,
+            ["System: Client(2) has left the chat"]
+        );
+        assert_eq!(drain(&mut out_two).1, Some(tonic::Code::Ok));
+    }
+
+    /// A gone replica's members leave in number order, once; if the others counted this
+    /// replica out, its own members are ended with UNAVAILABLE.
+    #[tokio::test]
+    async fn gone_replicas_take_their_members_with_them() {
+        let mut fake = Fake::new();
+        let (_member, mut out) = fake.join(1).await;
+        let other: Arc<str> = Arc::from("other");
+        for number in [4, 2] {
+            fake.room.apply_join(number, &other, None);
+        }
+        drain(&mut out);
+        fake.room.apply_gone(10, &other, false);
+        fake.room.apply_gone(11, &other, false);
+        assert_eq!(
+            drain(&mut out).0,
+            [
+                "System: Client(2) has left the chat",
+                "System: Client(4) has left the chat"
+            ]
+        );
+        // A list `other` sent before it learnt it was gone does not bring anyone back.
+        fake.room.apply_roster(&other, 9, &[2, 4]);
+        assert_eq!(fake.room.member_numbers(), [1]);
+
+        let me = Arc::clone(&fake.me);
+        fake.room.apply_gone(12, &me, true);
+        assert_eq!(drain(&mut out).1, Some(tonic::Code::Unavailable));
+        assert!(fake.room.member_numbers().is_empty());
+    }
+
+    /// While the bus is away, joins are UNAVAILABLE and messages are refused to their
+    /// sender alone; past the in-flight budget, too.
+    #[tokio::test]
+    async fn an_unreachable_or_saturated_bus_refuses_to_the_sender() {
+        let mut fake = Fake::new();
+        let (member, mut out) = fake.join(1).await;
+        drain(&mut out);
+        let big = "x".repeat(600);
+        member.say(text(&big));
+        member.say(text(&big));
+        assert_eq!(
+            drain(&mut out).0,
+            [
+                "System: Your message was not sent: the chat bus is falling behind; try again in a moment"
+            ]
+        );
+        let Some(Publisher { shared, .. }) = &fake.room.bus else {
+            panic!("on a bus");
+        };
+        shared.ready.store(false, Ordering::Release);
+        member.say(text("hello?"));
+        assert_eq!(
+            drain(&mut out).0,
+            [
+                "System: Your message was not sent: the chat bus at nats://test cannot be reached now"
+            ]
+        );
+        let refused = fake
+            .room
+            .join(fake.gauge.enter())
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            tonic::Status::from(refused).code(),
+            tonic::Code::Unavailable
+        );
     }
 }
