@@ -326,6 +326,11 @@ impl SharedSessions {
         // A failure here only means those events are sent again, which the logger's
         // event-id check makes harmless.
         transaction.commit().await?;
+        let waiting: i64 = client
+            .query_one("SELECT count(*) FROM auth_outbox", &[])
+            .await?
+            .try_get(0)?;
+        grpc_suite::metrics::AUTH_OUTBOX_BACKLOG.set(waiting);
         Ok(round)
     }
 }

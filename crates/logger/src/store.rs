@@ -546,20 +546,20 @@ impl SqliteStore {
             Ok(()) => tracing::debug!("log writer stopped"),
             Err(error) => tracing::error!(%error, "stopping the log writer"),
         }
-        // The writer's exit closed the echo's channel: let it print the last rows' lines,
-        // briefly, as a stdout nobody reads would never drain.
-        let echo_finished = self
-            .echo_finished
-            .lock()
-            .ok()
-            .and_then(|mut slot| slot.take());
-        if let Some(finished) = echo_finished
-            && tokio::time::timeout(ECHO_DRAIN_TIMEOUT, finished)
-                .await
-                .is_err()
-        {
-            tracing::warn!("stdout did not take the last [LOG] lines in time");
-        }
+        drain_echo(&self.echo_finished).await;
+    }
+}
+
+/// After the writer's exit (which closed the echo's channel): lets the echo thread print
+/// the last rows' lines, briefly, as a stdout nobody reads would never drain.
+async fn drain_echo(echo_finished: &Mutex<Option<oneshot::Receiver<()>>>) {
+    let echo_finished = echo_finished.lock().ok().and_then(|mut slot| slot.take());
+    if let Some(finished) = echo_finished
+        && tokio::time::timeout(ECHO_DRAIN_TIMEOUT, finished)
+            .await
+            .is_err()
+    {
+        tracing::warn!("stdout did not take the last [LOG] lines in time");
     }
 }
 

@@ -8,8 +8,10 @@ use grpc_suite::args::ServerArgs;
 
 /// Serves the logger service: stores events in SQLite or PostgreSQL, answers queries, streams
 /// new events.
+// A flag given twice takes the last value (grpc_bench passes its own --db after the
+// default one for the PostgreSQL figure; scripts layering settings do the same).
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_override_self = true)]
 struct Args {
     #[command(flatten)]
     server: ServerArgs,
@@ -86,5 +88,22 @@ mod tests {
     #[test]
     fn args_are_well_formed() {
         grpc_suite::args::command::<super::Args>(logger_service::SERVICE).debug_assert();
+    }
+
+    /// `--db` given twice takes the last value (how grpc_bench points a logger started
+    /// with its default file at PostgreSQL).
+    #[test]
+    fn the_last_db_flag_wins() {
+        let matches = grpc_suite::args::command::<super::Args>(logger_service::SERVICE)
+            .try_get_matches_from([
+                "logger_server",
+                "--db",
+                "logs.db",
+                "--db",
+                "postgres://u@h/d",
+            ])
+            .expect("parsed");
+        let db: &std::path::PathBuf = matches.get_one("db").expect("db");
+        assert_eq!(db.to_str(), Some("postgres://u@h/d"));
     }
 }

@@ -35,12 +35,12 @@ use grpc_suite::{
         tokio_postgres::{self, AsyncMessage, IsolationLevel, NoTls, Row},
     },
 };
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     Appended, BROADCAST_CAPACITY, Echo, LogRow, MAX_BATCH, NewEntry, QUEUE_CAPACITY, StoreError,
-    StoreStats, committed_batch,
+    StoreStats, committed_batch, drain_echo,
 };
 
 /// The idempotent schema: the contract's table and our side table, as on SQLite.
@@ -110,6 +110,8 @@ pub(super) struct PgStore {
     stop: CancellationToken,
     /// The tailer's task, awaited by [`close`](Self::close).
     tailer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// As on SQLite: resolves when the echo thread has printed everything.
+    echo_finished: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -154,13 +156,11 @@ impl PgStore {
 
         let (committed, _) = broadcast::channel(BROADCAST_CAPACITY);
         let stats = Arc::new(StoreStats::default());
-        let echo = if echo {
-            // The echo thread ends with the writer; nobody waits for its last lines here
-            // beyond what the writer's stop takes.
-            let (echo, _finished) = Echo::start(Arc::clone(&stats))?;
-            Some(echo)
+        let (echo, echo_finished) = if echo {
+            let (echo, finished) = Echo::start(Arc::clone(&stats))?;
+            (Some(echo), Some(finished))
         } else {
-            None
+            (None, None)
         };
         let (committing_sender, committing) = watch::channel(true);
         let mut writer = Writer {
@@ -194,6 +194,7 @@ impl PgStore {
             committing,
             stop,
             tailer: Arc::new(Mutex::new(Some(tailer))),
+            echo_finished: Arc::new(Mutex::new(echo_finished)),
         })
     }
 
@@ -276,6 +277,7 @@ impl PgStore {
             Ok(()) => tracing::debug!("log writer stopped"),
             Err(error) => tracing::error!(%error, "stopping the log writer"),
         }
+        drain_echo(&self.echo_finished).await;
         self.stop.cancel();
         let tailer = self.tailer.lock().ok().and_then(|mut slot| slot.take());
         if let Some(tailer) = tailer {
