@@ -27,9 +27,11 @@ use tonic::transport::Channel;
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 pub mod nats;
+mod postgres;
 mod process;
 
 pub use nats::NatsServer;
+pub use postgres::Postgres;
 pub use process::{Launch, Memory, ServerProcess};
 
 /// The workspace root (where `protos/` lives).
