@@ -403,3 +403,21 @@ fn python_client_chats_through_the_bus() {
     )
     .expect("python client passes");
 }
+
+/// An unusable bus address (here from STREAMING_SERVICE_CHAT_BUS) stops the server with a
+/// message before it says it started; no NATS needed.
+#[test]
+fn an_unusable_bus_address_stops_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(cargo_bin("streaming_server"))
+        .args(["--addr", "127.0.0.1:0", "--dir"])
+        .arg(dir.path().join("uploads"))
+        .env("STREAMING_SERVICE_CHAT_BUS", "not a url")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("started on port"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("chat bus not a url"), "{stderr}");
+}

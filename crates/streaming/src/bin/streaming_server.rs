@@ -66,6 +66,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let storage = streaming_service::open_storage(&config)
         .with_context(|| format!("opening the upload folder {}", config.upload_dir.display()))?;
+    // Before listening, so an unusable address stops the server before it says it started
+    // (an unreachable NATS does not: the bus keeps trying and the chat waits for it).
+    let bus = match &args.chat_bus {
+        None => None,
+        Some(url) => {
+            let bus = streaming_service::chat::nats::Bus::connect(url).await?;
+            tracing::info!(%url, replica = bus.replica(), "chat room shared through NATS");
+            Some(bus)
+        }
+    };
     let listener = args
         .server
         .bind_guarded("Streaming Service", &args.sessions)
@@ -76,13 +86,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         storage.absolute().display()
     );
     let shutdown = grpc_suite::server::shutdown_on_signals();
-    let service = match &args.chat_bus {
+    let service = match bus {
         None => streaming_service::StreamingService::new(storage, &config),
-        Some(url) => {
-            let bus = streaming_service::chat::nats::Bus::connect(url).await?;
-            tracing::info!(%url, replica = bus.replica(), "chat room shared through NATS");
-            streaming_service::StreamingService::with_chat_bus(storage, &config, bus)
-        }
+        Some(bus) => streaming_service::StreamingService::with_chat_bus(storage, &config, bus),
     };
     streaming_service::serve(listener, service, shutdown).await
 }

@@ -26,6 +26,11 @@
 //!   and every other replica answers with its member list (`roster`); replicas also repeat
 //!   their list every [`ROSTER_EVERY`] heartbeats, which corrects a roster a lost leave
 //!   left stale (the missing member is announced as left).
+//! - **A replica counted out while alive** (cut off from NATS longer than [`DEAD_AFTER`]
+//!   while the others were not): when it consumes its own `gone` it ends its members'
+//!   streams with UNAVAILABLE, so they reconnect and join again under new numbers, rather
+//!   than chatting on in a room that no longer counts them; what they sent meanwhile is
+//!   dropped at every replica alike (a message from someone not in the roster).
 //! - **NATS unreachable**: new joins get UNAVAILABLE and messages are refused to their
 //!   sender; members already in are told with a System message when contact is lost and
 //!   when it is back. The consumer resumes where it stopped, so nothing published in the
