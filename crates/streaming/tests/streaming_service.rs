@@ -976,8 +976,8 @@ async fn client_flow_with_scripted_input() {
     assert_eq!(
         lines[6],
         format!(
-            "Checksum OK: 10 bytes, SHA-256 {} matches the local file",
-            sha256_hex(b"some notes")
+            "Checksum OK: 10 bytes, BLAKE3 {} matches the local file",
+            blake3::hash(b"some notes").to_hex()
         )
     );
     assert!(lines[7].starts_with("--- Chat"), "{printed}");
