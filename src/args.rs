@@ -177,7 +177,8 @@ where
 {
     let args: A = parse(service);
     let server = server_args(&args);
-    crate::cli::init_tracing_with("info", server.log_format);
+    // Held to the end: dropping it writes out the log lines still queued.
+    let _log_guard = crate::cli::init_server_tracing("info", server.log_format);
     let probe = server.health_check.then(|| server.clone());
     let result = tokio::runtime::Runtime::new()
         .context("starting the async runtime")

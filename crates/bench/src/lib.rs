@@ -13,6 +13,7 @@
 //! - [`stats`]: percentiles and medians.
 
 pub mod bare;
+pub mod cpu;
 pub mod report;
 pub mod scenarios;
 pub mod servers;

@@ -194,6 +194,11 @@ impl Server {
         self.process.memory()
     }
 
+    /// Its CPU time (user + system) so far.
+    pub fn cpu(&self) -> anyhow::Result<Duration> {
+        Ok(crate::cpu::ProcessStat::of(Some(self.process.pid()))?.cpu)
+    }
+
     /// Kills it (SIGKILL: its data is a throwaway temp folder, and a graceful drain would
     /// only add time between scenarios) and reaps it.
     pub fn stop(self) {

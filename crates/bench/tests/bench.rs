@@ -11,13 +11,15 @@ use bench::Scenario;
 /// Generous: the smoke takes seconds, but CI machines are shared and debug builds slow.
 const SMOKE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The servers grpc_bench starts from their own binaries, next to its own.
-const SERVER_BINARIES: [&str; 5] = [
+/// The servers grpc_bench starts from their own binaries, next to its own, and the client
+/// binary the upload scenario times.
+const SERVER_BINARIES: [&str; 6] = [
     "file_server",
     "random_server",
     "streaming_server",
     "auth_server",
     "logger_server",
+    "streaming_client",
 ];
 
 /// Fails with the command to run when the server binaries are not built. Cargo builds a
@@ -43,21 +45,27 @@ fn require_server_binaries() {
     );
 }
 
-/// The figure in each scenario's line that must be positive for the run to mean anything.
-fn headline(scenario: &str) -> &'static str {
+/// The figures in each scenario's line that must be positive for the run to mean
+/// anything: its headline and, where it has one, the ratio to its bare reference.
+fn headline(scenario: &str) -> &'static [&'static str] {
     match scenario {
-        "hello" => "ratio",
-        "upload" => "mb_per_s",
-        "random" => "numbers_per_s",
-        "chat" => "deliveries_per_s",
-        "logger" => "acks_per_s",
-        "auth" => "logouts_per_s",
-        "tls-hello" => "ratio",
-        "tls-upload" => "mb_per_s",
-        "sessions" => "ratio",
-        "auth-flood" => "validate_flood_ratio",
-        "chat-stuck" => "peak_rss_mib",
-        "followers-stuck" => "peak_rss_mib",
+        "hello" => &["ratio"],
+        "upload" => &[
+            "mb_per_s",
+            "ratio",
+            "bare_nosync_mb_per_s",
+            "client_bin_mb_per_s",
+        ],
+        "random" => &["numbers_per_s"],
+        "chat" => &["deliveries_per_s", "fanout_ratio"],
+        "logger" => &["acks_per_s", "sqlite_acks_per_s", "bare_rps", "ratio"],
+        "auth" => &["logouts_per_s"],
+        "tls-hello" => &["ratio"],
+        "tls-upload" => &["mb_per_s", "ratio"],
+        "sessions" => &["ratio"],
+        "auth-flood" => &["validate_flood_ratio"],
+        "chat-stuck" => &["peak_rss_mib"],
+        "followers-stuck" => &["peak_rss_mib"],
         other => panic!("unknown scenario {other}"),
     }
 }
@@ -112,7 +120,9 @@ fn smoke_prints_a_line_per_scenario() {
                 .1;
             assert!(value > 0.0, "{key} in {line}");
         };
-        positive(headline(name));
+        for key in headline(name) {
+            positive(key);
+        }
         for (key, _) in figures
             .iter()
             .filter(|(key, _)| key.ends_with("startup_ms"))

@@ -18,7 +18,7 @@ use grpc_suite::cli::Connection;
 use grpc_suite::{cli::status_error, streaming as pb};
 use pb::streaming_service_client::StreamingServiceClient;
 use sha2::{Digest as _, Sha256};
-use tokio::{io::AsyncReadExt as _, sync::mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{CHUNK_SIZE, chat::SYSTEM_SENDER};
@@ -337,28 +337,31 @@ impl<W: Write> Session<W> {
     }
 
     /// Uploads `path` (stored as `store_as` or its file name) in 1 MiB chunks, declaring
-    /// its size and SHA-256 up front, and checks the server's answer against both.
+    /// its size up front and its BLAKE3 digest on the last chunk (hashed while sending, so
+    /// the file is read once), and checks the server's answer against both. A server that
+    /// answers with SHA-256 only (one that predates BLAKE3) is checked against the local
+    /// file's SHA-256 instead.
     pub async fn upload(
         &mut self,
         path: &Path,
         store_as: Option<String>,
     ) -> anyhow::Result<pb::FileResponse> {
         let name = grpc_suite::cli::upload_name(path, store_as)?;
-        let (size, local_sha256) = digest_file(path).await?;
+        let file = open_upload(path).await?;
+        let size = file
+            .metadata()
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
         let bar = self.progress.clone();
         if let Some(bar) = &bar {
             bar.start(size);
         }
 
         let (chunks, receiver) = mpsc::channel(CHUNKS_AHEAD);
-        let reader = tokio::spawn(read_chunks(
-            path.to_path_buf(),
-            name,
-            size,
-            local_sha256.clone(),
-            chunks,
-            bar.clone(),
-        ));
+        let reader = {
+            let bar = bar.clone();
+            tokio::task::spawn_blocking(move || read_chunks(file, name, size, &chunks, bar))
+        };
         let call = self
             .client
             .stream_upload_file(ReceiverStream::new(receiver));
@@ -370,13 +373,13 @@ impl<W: Write> Session<W> {
             bar.finish();
         }
         let Some(answer) = answer else {
-            // Dropping the call cancels it; the server discards what it received.
-            reader.abort();
+            // Dropping the call cancels it (and closes the channel, which stops the
+            // reader); the server discards what it received.
             anyhow::bail!("upload interrupted; the server keeps nothing of it");
         };
         // A local read failure explains the server's answer (an aborted upload), so it
         // comes first.
-        reader
+        let local_blake3 = reader
             .await
             .context("the file reader failed")?
             .with_context(|| format!("reading {}", path.display()))?;
@@ -389,24 +392,29 @@ impl<W: Write> Session<W> {
         // The old script's two lines, word for word.
         writeln!(self.out, "Upload response: {}", answer.message)?;
         writeln!(self.out, "File path: {}", answer.file_path)?;
-        if answer.sha256.is_empty() {
-            // A server without the checksum field (the old one) cannot be checked.
+        let (algorithm, local, remote) = if !answer.blake3.is_empty() {
+            ("BLAKE3", local_blake3, answer.blake3.clone())
+        } else if !answer.sha256.is_empty() {
+            // A server without BLAKE3 ignored our declaration and sent SHA-256.
+            let (_, local_sha256) = digest_file(path).await?;
+            ("SHA-256", local_sha256, answer.sha256.clone())
+        } else {
+            // A server without the checksum fields (the old one) cannot be checked.
             writeln!(
                 self.out,
-                "The server sent no checksum; local SHA-256 {local_sha256}"
+                "The server sent no checksum; local BLAKE3 {local_blake3}"
             )?;
             return Ok(answer);
-        }
+        };
         anyhow::ensure!(
-            answer.sha256 == local_sha256 && answer.bytes_written == size,
-            "the server stored {} bytes with SHA-256 {}, but the local file has {size} bytes with SHA-256 {local_sha256}",
+            remote == local && answer.bytes_written == size,
+            "the server stored {} bytes with {algorithm} {remote}, but the local file has {size} bytes with {algorithm} {local}",
             answer.bytes_written,
-            answer.sha256
         );
         writeln!(
             self.out,
-            "Checksum OK: {} bytes, SHA-256 {} matches the local file",
-            answer.bytes_written, answer.sha256
+            "Checksum OK: {} bytes, {algorithm} {remote} matches the local file",
+            answer.bytes_written
         )?;
         Ok(answer)
     }
@@ -522,7 +530,8 @@ pub fn chat_time(timestamp: &str) -> String {
     trimmed.to_owned()
 }
 
-/// The size and SHA-256 (lowercase hex) of a file, read on a blocking thread.
+/// The size and SHA-256 (lowercase hex) of a file, read on a blocking thread: only to
+/// check an upload against a server that reports SHA-256 alone.
 async fn digest_file(path: &Path) -> anyhow::Result<(u64, String)> {
     let owned = path.to_path_buf();
     tokio::task::spawn_blocking(move || -> std::io::Result<(u64, String)> {
@@ -536,41 +545,56 @@ async fn digest_file(path: &Path) -> anyhow::Result<(u64, String)> {
     .with_context(|| format!("reading {}", path.display()))
 }
 
-/// Reads `path` in chunks into `chunks`: the first declares the size and digest, every one
-/// names the file (as the old client did), and an empty chunk marked last ends a complete
-/// upload. On a read error, or a file that changed size, it stops without the last chunk,
-/// so the server discards the upload.
-async fn read_chunks(
-    path: PathBuf,
+/// Opens the file to upload, on a blocking thread.
+async fn open_upload(path: &Path) -> anyhow::Result<std::fs::File> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || std::fs::File::open(owned))
+        .await
+        .context("the file reader failed")?
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// Reads `file` (of `size` bytes) in chunks into `chunks`, on the calling (blocking)
+/// thread, hashing each with BLAKE3 as it goes, and returns the digest (lowercase hex).
+/// The first chunk declares the size and announces BLAKE3; every one names the file (as
+/// the old client did); an empty chunk marked last declares the digest and ends a complete
+/// upload. Each chunk is read straight into the buffer that is sent, with no copy on the
+/// way. On a read error, or a file that changed size, it stops without the last chunk, so
+/// the server discards the upload.
+fn read_chunks(
+    mut file: std::fs::File,
     filename: String,
     size: u64,
-    sha256: String,
-    chunks: mpsc::Sender<pb::FileChunk>,
+    chunks: &mpsc::Sender<pb::FileChunk>,
     bar: Option<Arc<dyn Progress>>,
-) -> anyhow::Result<()> {
-    let mut file = tokio::fs::File::open(&path).await?;
+) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let mut hasher = blake3::Hasher::new();
     let mut sent = 0u64;
     let mut first = true;
     loop {
         let mut buffer = Vec::with_capacity(CHUNK_SIZE);
         let read = (&mut file)
             .take(CHUNK_SIZE as u64)
-            .read_to_end(&mut buffer)
-            .await?;
+            .read_to_end(&mut buffer)?;
         if read == 0 {
             break;
         }
+        hasher.update(&buffer);
         sent += read as u64;
         let chunk = pb::FileChunk {
             filename: filename.clone(),
             chunk_data: buffer.into(),
             is_last_chunk: false,
             total_size: first.then_some(size),
-            sha256: first.then(|| sha256.clone()),
+            sha256: None,
+            // Announced: the digest follows on the last chunk.
+            blake3: first.then(String::new),
         };
         first = false;
-        if chunks.send(chunk).await.is_err() {
-            return Ok(()); // The call ended early; its answer says why.
+        if chunks.blocking_send(chunk).is_err() {
+            // The call ended early; its answer says why.
+            return Ok(hasher.finalize().to_hex().to_string());
         }
         if let Some(bar) = &bar {
             bar.advance(read as u64);
@@ -580,14 +604,16 @@ async fn read_chunks(
         sent == size,
         "the file changed while it was being sent ({size} bytes before, {sent} now)"
     );
+    let digest = hasher.finalize().to_hex().to_string();
     let last = pb::FileChunk {
         filename,
         chunk_data: bytes::Bytes::new(),
         is_last_chunk: true,
         total_size: first.then_some(size),
-        sha256: first.then_some(sha256),
+        sha256: None,
+        blake3: Some(digest.clone()),
     };
     // A failed send means the call already ended; its answer says why.
-    let _ = chunks.send(last).await;
-    Ok(())
+    let _ = chunks.blocking_send(last);
+    Ok(digest)
 }

@@ -30,9 +30,18 @@ pub enum StreamingError {
     /// A chunk came after the one marked last.
     #[error("a chunk arrived after the chunk with is_last_chunk=true; nothing was stored")]
     ChunkAfterLast,
-    /// The declared SHA-256 is not 64 hexadecimal digits.
-    #[error("sha256 must be 64 hexadecimal digits, got {0:?}")]
-    BadDeclaredSha256(String),
+    /// A declared digest (`sha256` or `blake3`) is not 64 hexadecimal digits.
+    #[error("{field} must be 64 hexadecimal digits, got {got:?}")]
+    BadDeclaredDigest {
+        /// The field: `sha256` or `blake3`.
+        field: &'static str,
+        /// What was sent (at most 80 characters of it).
+        got: String,
+    },
+    /// BLAKE3 was announced on the first chunk (an empty `blake3`) but the last chunk did
+    /// not declare it, or declared it on both chunks differently.
+    #[error("{0}; nothing was stored")]
+    Blake3Declaration(&'static str),
     /// The declared size is over the server's limit.
     #[error("declared total_size is {declared} bytes; the limit is {limit} bytes")]
     DeclaredTooLarge {
@@ -59,9 +68,11 @@ pub enum StreamingError {
     },
     /// The content's digest is not the one the client declared.
     #[error(
-        "declared sha256 is {declared} but the content received has sha256 {received}; nothing was stored"
+        "declared {field} is {declared} but the content received has {field} {received}; nothing was stored"
     )]
     HashMismatch {
+        /// The field: `sha256` or `blake3`.
+        field: &'static str,
         /// What the client declared.
         declared: String,
         /// The digest of what arrived.
@@ -120,7 +131,8 @@ impl From<StreamingError> for Status {
             | E::FileNameChanged { .. }
             | E::Incomplete { .. }
             | E::ChunkAfterLast
-            | E::BadDeclaredSha256(_)
+            | E::BadDeclaredDigest { .. }
+            | E::Blake3Declaration(_)
             | E::SizeMismatch { .. }
             | E::HashMismatch { .. }
             | E::ChatMessageTooLong { .. } => Status::invalid_argument(error.to_string()),

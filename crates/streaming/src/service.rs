@@ -141,7 +141,8 @@ impl pb::streaming_service_server::StreamingService for StreamingService {
             message: format!("File {} uploaded successfully", stored.name),
             file_path: self.storage.shown_path(&stored.name),
             bytes_written: stored.bytes_written,
-            sha256: stored.sha256,
+            sha256: stored.digests.sha256.unwrap_or_default(),
+            blake3: stored.digests.blake3.unwrap_or_default(),
         }))
     }
 

@@ -32,6 +32,17 @@ use crate::{StreamingError, activity::GaugeGuard};
 /// or a client reading a slow disk is never cut off.
 pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How the client declared the content's BLAKE3 digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Blake3Declaration {
+    /// Not at all (older clients): the server computes SHA-256 only.
+    NotUsed,
+    /// Announced on the first chunk (an empty `blake3`); due on the last chunk.
+    Announced,
+    /// Lowercase hex.
+    Declared(String),
+}
+
 /// What the first chunk establishes for the whole upload, and the checks every chunk and
 /// the finished content must pass.
 #[derive(Debug, Clone)]
@@ -43,7 +54,21 @@ pub struct UploadPlan {
     declared_size: Option<u64>,
     /// Lowercase hex.
     declared_sha256: Option<String>,
+    blake3: Blake3Declaration,
     max_size: u64,
+}
+
+/// A declared digest as lowercase hex, or the error naming `field`.
+fn parse_digest(field: &'static str, raw: &str) -> Result<String, StreamingError> {
+    let normalised = raw.trim().to_ascii_lowercase();
+    if normalised.len() == 64 && normalised.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(normalised)
+    } else {
+        Err(StreamingError::BadDeclaredDigest {
+            field,
+            got: raw.chars().take(80).collect(),
+        })
+    }
 }
 
 impl UploadPlan {
@@ -62,24 +87,19 @@ impl UploadPlan {
         let declared_sha256 = chunk
             .sha256
             .as_deref()
-            .map(|hex_digest| {
-                let normalised = hex_digest.trim().to_ascii_lowercase();
-                let well_formed =
-                    normalised.len() == 64 && normalised.bytes().all(|b| b.is_ascii_hexdigit());
-                if well_formed {
-                    Ok(normalised)
-                } else {
-                    Err(StreamingError::BadDeclaredSha256(
-                        hex_digest.chars().take(80).collect(),
-                    ))
-                }
-            })
+            .map(|hex_digest| parse_digest("sha256", hex_digest))
             .transpose()?;
+        let blake3 = match chunk.blake3.as_deref() {
+            None => Blake3Declaration::NotUsed,
+            Some(raw) if raw.trim().is_empty() => Blake3Declaration::Announced,
+            Some(raw) => Blake3Declaration::Declared(parse_digest("blake3", raw)?),
+        };
         Ok(Self {
             raw_name: chunk.filename.clone(),
             name,
             declared_size: chunk.total_size,
             declared_sha256,
+            blake3,
             max_size,
         })
     }
@@ -89,10 +109,23 @@ impl UploadPlan {
         &self.name
     }
 
+    /// Whether the server computes the content's SHA-256: when the client declared it, and
+    /// for clients that declared no BLAKE3 (they read SHA-256 from the answer).
+    pub fn computes_sha256(&self) -> bool {
+        self.declared_sha256.is_some() || self.blake3 == Blake3Declaration::NotUsed
+    }
+
+    /// Whether the server computes the content's BLAKE3: when the client declared or
+    /// announced it.
+    pub fn computes_blake3(&self) -> bool {
+        self.blake3 != Blake3Declaration::NotUsed
+    }
+
     /// Checks chunk number `index` (from 1), arriving after `received` bytes: it must not
-    /// name another file, nor take the upload past the limit or the declared size.
+    /// name another file, nor take the upload past the limit or the declared size. A last
+    /// chunk after the first may declare the BLAKE3 digest the first one announced.
     pub fn check_chunk(
-        &self,
+        &mut self,
         index: u64,
         chunk: &pb::FileChunk,
         received: u64,
@@ -118,25 +151,105 @@ impl UploadPlan {
                 received: total,
             });
         }
+        if index > 1
+            && chunk.is_last_chunk
+            && let Some(raw) = chunk.blake3.as_deref().filter(|raw| !raw.trim().is_empty())
+        {
+            let digest = parse_digest("blake3", raw)?;
+            match &self.blake3 {
+                Blake3Declaration::NotUsed => {
+                    return Err(StreamingError::Blake3Declaration(
+                        "blake3 on the last chunk must be announced on the first chunk (as an empty blake3)",
+                    ));
+                }
+                Blake3Declaration::Declared(first) if *first != digest => {
+                    return Err(StreamingError::Blake3Declaration(
+                        "blake3 was declared on the first and the last chunk, differently",
+                    ));
+                }
+                Blake3Declaration::Announced | Blake3Declaration::Declared(_) => {
+                    self.blake3 = Blake3Declaration::Declared(digest);
+                }
+            }
+        }
         Ok(())
     }
 
-    /// Checks the finished content against what the first chunk declared.
-    pub fn verify(&self, received: u64, sha256: &str) -> Result<(), StreamingError> {
+    /// Checks the finished content against what the client declared.
+    pub fn verify(&self, received: u64, digests: &ContentDigests) -> Result<(), StreamingError> {
         if let Some(declared) = self.declared_size
             && declared != received
         {
             return Err(StreamingError::SizeMismatch { declared, received });
         }
-        if let Some(declared) = &self.declared_sha256
-            && declared != sha256
+        if let (Some(declared), Some(computed)) = (&self.declared_sha256, &digests.sha256)
+            && declared != computed
         {
             return Err(StreamingError::HashMismatch {
+                field: "sha256",
                 declared: declared.clone(),
-                received: sha256.to_owned(),
+                received: computed.clone(),
             });
         }
-        Ok(())
+        match (&self.blake3, &digests.blake3) {
+            (Blake3Declaration::Announced, _) => Err(StreamingError::Blake3Declaration(
+                "blake3 was announced on the first chunk but the last chunk did not declare it",
+            )),
+            (Blake3Declaration::Declared(declared), Some(computed)) if declared != computed => {
+                Err(StreamingError::HashMismatch {
+                    field: "blake3",
+                    declared: declared.clone(),
+                    received: computed.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The digests of the received content the server computed (lowercase hex).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContentDigests {
+    /// SHA-256, when the plan computes it.
+    pub sha256: Option<String>,
+    /// BLAKE3, when the plan computes it.
+    pub blake3: Option<String>,
+}
+
+/// The running digests of what was written so far.
+#[derive(Debug, Default)]
+struct Hashers {
+    sha256: Option<Sha256>,
+    /// Boxed: moved with the sink to a blocking thread and back for every chunk.
+    blake3: Option<Box<blake3::Hasher>>,
+}
+
+impl Hashers {
+    fn for_plan(plan: &UploadPlan) -> Self {
+        Self {
+            sha256: plan.computes_sha256().then(Sha256::new),
+            blake3: plan
+                .computes_blake3()
+                .then(|| Box::new(blake3::Hasher::new())),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        if let Some(sha256) = &mut self.sha256 {
+            sha256.update(data);
+        }
+        if let Some(blake3) = &mut self.blake3 {
+            blake3.update(data);
+        }
+    }
+
+    fn finish(self) -> ContentDigests {
+        ContentDigests {
+            sha256: self.sha256.map(|hasher| hex::encode(hasher.finalize())),
+            blake3: self
+                .blake3
+                .map(|hasher| hasher.finalize().to_hex().to_string()),
+        }
     }
 }
 
@@ -147,7 +260,7 @@ struct UploadSink {
     // Field order matters: fields drop in order, so the temporary file is deleted before
     // the gauge says the upload is over.
     file: PendingFile,
-    hasher: Sha256,
+    hashers: Hashers,
     written: u64,
     _counted: GaugeGuard,
 }
@@ -156,7 +269,7 @@ impl UploadSink {
     fn write(mut self, data: &[u8]) -> std::io::Result<Self> {
         if !data.is_empty() {
             self.file.write_all(data)?;
-            self.hasher.update(data);
+            self.hashers.update(data);
             self.written += data.len() as u64;
         }
         Ok(self)
@@ -176,8 +289,8 @@ pub struct StoredUpload {
     pub name: SafeFileName,
     /// Bytes stored.
     pub bytes_written: u64,
-    /// SHA-256 of the content, lowercase hex.
-    pub sha256: String,
+    /// The content's digests the upload computed.
+    pub digests: ContentDigests,
 }
 
 /// Receives one upload from `chunks` into `storage`, refusing anything over `max_size`
@@ -213,14 +326,15 @@ where
 {
     let mut chunks = IdleBounded::new(chunks, idle_limit);
     let first = next_chunk(&mut chunks, 0).await?;
-    let plan = UploadPlan::from_first_chunk(&first, max_size)?;
+    let mut plan = UploadPlan::from_first_chunk(&first, max_size)?;
     let sink = {
         let storage = storage.clone();
         let name = plan.name().clone();
+        let hashers = Hashers::for_plan(&plan);
         tokio::task::spawn_blocking(move || -> std::io::Result<UploadSink> {
             Ok(UploadSink {
                 file: storage.create(&name)?,
-                hasher: Sha256::new(),
+                hashers,
                 written: 0,
                 _counted: counted,
             })
@@ -232,7 +346,7 @@ where
     // it the handle, which detaches the write: when it finishes, the sink is dropped with
     // it and the temporary file deleted (no one is waiting for an answer then).
     let mut writing: Option<JoinHandle<std::io::Result<UploadSink>>> = None;
-    let outcome = receive_chunks(&mut chunks, first, &plan, sink, &mut writing).await;
+    let outcome = receive_chunks(&mut chunks, first, &mut plan, sink, &mut writing).await;
     if outcome.is_err()
         && let Some(write) = writing.take()
     {
@@ -241,9 +355,9 @@ where
         let _ = write.await;
     }
     let mut sink = outcome?;
-    let sha256 = hex::encode(std::mem::take(&mut sink.hasher).finalize());
+    let digests = std::mem::take(&mut sink.hashers).finish();
     // On a mismatch the sink drops here, deleting the temporary file.
-    plan.verify(sink.written, &sha256)?;
+    plan.verify(sink.written, &digests)?;
     let written = sink.written;
     tokio::task::spawn_blocking(move || sink.commit()).await??;
     grpc_suite::metrics::UPLOAD_BYTES_STORED
@@ -252,7 +366,7 @@ where
     Ok(StoredUpload {
         name: plan.name().clone(),
         bytes_written: written,
-        sha256,
+        digests,
     })
 }
 
@@ -262,7 +376,7 @@ where
 async fn receive_chunks<S>(
     chunks: &mut S,
     first: pb::FileChunk,
-    plan: &UploadPlan,
+    plan: &mut UploadPlan,
     sink: UploadSink,
     writing: &mut Option<JoinHandle<std::io::Result<UploadSink>>>,
 ) -> Result<UploadSink, StreamingError>
@@ -382,7 +496,12 @@ mod tests {
             is_last_chunk: last,
             total_size: None,
             sha256: None,
+            blake3: None,
         }
+    }
+
+    fn blake3_hex(data: &[u8]) -> String {
+        blake3::hash(data).to_hex().to_string()
     }
 
     fn sha256_hex(data: &[u8]) -> String {
@@ -440,7 +559,11 @@ mod tests {
         .expect("stored");
         assert_eq!(stored.name.as_str(), "a.bin");
         assert_eq!(stored.bytes_written, 13);
-        assert_eq!(stored.sha256, sha256_hex(b"one two three"));
+        assert_eq!(
+            stored.digests.sha256.as_deref(),
+            Some(sha256_hex(b"one two three").as_str())
+        );
+        assert_eq!(stored.digests.blake3, None, "no client asked for BLAKE3");
         assert_eq!(
             std::fs::read(dir.path().join("a.bin")).expect("file"),
             b"one two three"
@@ -497,7 +620,7 @@ mod tests {
         let stored = upload(&storage, declared(5, &good.to_uppercase()), 100)
             .await
             .expect("matching declarations, digest in upper case");
-        assert_eq!(stored.sha256, good);
+        assert_eq!(stored.digests.sha256, Some(good.clone()));
         std::fs::remove_file(dir.path().join("d.bin")).expect("cleanup");
 
         let wrong_hash = sha256_hex(b"other");
@@ -512,6 +635,79 @@ mod tests {
             ),
         ] {
             let error = upload(&storage, chunks, 100).await.expect_err("refused");
+            assert!(error.to_string().starts_with(expected), "{error}");
+        }
+        assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
+    }
+
+    /// BLAKE3 declared on the first chunk, or announced there and declared on the last, is
+    /// checked and reported, and SHA-256 is then not computed unless declared too; a wrong
+    /// or missing declaration stores nothing.
+    #[tokio::test]
+    async fn blake3_declarations_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = StorageDir::open(dir.path()).expect("storage");
+        let content = b"hello blake3";
+        let good = blake3_hex(content);
+        let with = |first: Option<&str>, last: Option<&str>| {
+            let mut head = chunk("b.bin", &content[..5], false);
+            head.blake3 = first.map(str::to_owned);
+            let mut tail = chunk("b.bin", &content[5..], true);
+            tail.blake3 = last.map(str::to_owned);
+            vec![head, tail]
+        };
+        for (chunks, case) in [
+            (with(Some(&good), None), "declared first"),
+            (with(Some(""), Some(&good)), "announced, declared last"),
+            (
+                with(Some(&good.to_uppercase()), Some(&good)),
+                "declared on both",
+            ),
+        ] {
+            let stored = upload(&storage, chunks, 100).await.expect(case);
+            assert_eq!(
+                stored.digests.blake3.as_deref(),
+                Some(good.as_str()),
+                "{case}"
+            );
+            assert_eq!(stored.digests.sha256, None, "{case}: SHA-256 not computed");
+            assert_eq!(
+                std::fs::read(dir.path().join("b.bin")).expect("file"),
+                content
+            );
+            std::fs::remove_file(dir.path().join("b.bin")).expect("cleanup");
+        }
+
+        // Both declared: both checked and reported.
+        let mut both = with(Some(""), Some(&good));
+        both[0].sha256 = Some(sha256_hex(content));
+        let stored = upload(&storage, both, 100).await.expect("both digests");
+        assert_eq!(stored.digests.sha256, Some(sha256_hex(content)));
+        assert_eq!(stored.digests.blake3, Some(good.clone()));
+        std::fs::remove_file(dir.path().join("b.bin")).expect("cleanup");
+
+        let wrong = blake3_hex(b"something else");
+        for (chunks, expected) in [
+            (with(Some(&wrong), None), "declared blake3 is"),
+            (with(Some(""), Some(&wrong)), "declared blake3 is"),
+            (
+                with(Some(""), None),
+                "blake3 was announced on the first chunk",
+            ),
+            (
+                with(None, Some(&good)),
+                "blake3 on the last chunk must be announced",
+            ),
+            (
+                with(Some(&good), Some(&wrong)),
+                "blake3 was declared on the first",
+            ),
+            (
+                with(Some("xyz"), None),
+                "blake3 must be 64 hexadecimal digits",
+            ),
+        ] {
+            let error = upload(&storage, chunks, 100).await.expect_err(expected);
             assert!(error.to_string().starts_with(expected), "{error}");
         }
         assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));

@@ -115,6 +115,7 @@ fn chunk(filename: &str, data: &[u8], is_last_chunk: bool) -> pb::FileChunk {
         is_last_chunk,
         total_size: None,
         sha256: None,
+        blake3: None,
     }
 }
 
@@ -205,10 +206,12 @@ async fn time_stream_stops_with_its_client_and_at_shutdown() {
     assert_eq!(gauge.get(), 0);
 }
 
-/// Writes `size` bytes of deterministic pseudo-random data to `path`; returns its SHA-256.
-fn generate_file(path: &Path, size: usize) -> String {
+/// Writes `size` bytes of deterministic pseudo-random data to `path`; returns its SHA-256
+/// and BLAKE3 (lowercase hex).
+fn generate_file(path: &Path, size: usize) -> (String, String) {
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
     let mut hasher = Sha256::new();
+    let mut blake3 = blake3::Hasher::new();
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     let mut block = vec![0u8; 1024 * 1024];
     let mut left = size;
@@ -222,10 +225,14 @@ fn generate_file(path: &Path, size: usize) -> String {
         let take = left.min(block.len());
         file.write_all(&block[..take]).expect("write");
         hasher.update(&block[..take]);
+        blake3.update(&block[..take]);
         left -= take;
     }
     file.flush().expect("flush");
-    hex::encode(hasher.finalize())
+    (
+        hex::encode(hasher.finalize()),
+        blake3.finalize().to_hex().to_string(),
+    )
 }
 
 /// True if two files hold the same bytes, compared a block at a time.
@@ -245,13 +252,14 @@ fn same_content(left: &Path, right: &Path) -> bool {
 }
 
 /// A 100 MiB file uploaded with the client library lands byte for byte, with the answer's
-/// size and SHA-256 matching the source.
+/// size and BLAKE3 matching the source (the client declares BLAKE3, so the server spends
+/// nothing on SHA-256 and reports none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_upload_is_stored_exactly() {
     let harness = Harness::start().await;
     let size = 100 * 1024 * 1024 + 12_345;
     let source = harness.dir.path().join("big.bin");
-    let expected_sha256 = generate_file(&source, size);
+    let (_, expected_blake3) = generate_file(&source, size);
 
     let mut session = Session::new(
         harness.server.channel().await,
@@ -270,13 +278,14 @@ async fn large_upload_is_stored_exactly() {
         harness.upload_dir().join("big.bin").display().to_string()
     );
     assert_eq!(answer.bytes_written, size as u64);
-    assert_eq!(answer.sha256, expected_sha256);
+    assert_eq!(answer.blake3, expected_blake3);
+    assert_eq!(answer.sha256, "", "SHA-256 computed though nobody asked");
     let stored = harness.upload_dir().join("big.bin");
     assert!(same_content(&source, &stored), "stored bytes differ");
     let printed = String::from_utf8(session.into_output()).expect("utf-8");
     assert!(
         printed.contains(&format!(
-            "Checksum OK: {size} bytes, SHA-256 {expected_sha256} matches the local file"
+            "Checksum OK: {size} bytes, BLAKE3 {expected_blake3} matches the local file"
         )),
         "{printed}"
     );
@@ -967,8 +976,8 @@ async fn client_flow_with_scripted_input() {
     assert_eq!(
         lines[6],
         format!(
-            "Checksum OK: 10 bytes, SHA-256 {} matches the local file",
-            sha256_hex(b"some notes")
+            "Checksum OK: 10 bytes, BLAKE3 {} matches the local file",
+            blake3::hash(b"some notes").to_hex()
         )
     );
     assert!(lines[7].starts_with("--- Chat"), "{printed}");

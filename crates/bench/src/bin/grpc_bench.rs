@@ -106,6 +106,15 @@ struct ServeArgs {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// ChatStream relays every message to every stream (broadcast) instead of echoing.
+    #[arg(long)]
+    chat_broadcast: bool,
+    /// Serve StreamUploadFile as a plain sink writing into this folder.
+    #[arg(long, value_name = "DIR")]
+    upload_dir: Option<PathBuf>,
+    /// The upload sink never syncs (page cache only).
+    #[arg(long, requires = "upload_dir")]
+    no_sync: bool,
 }
 
 /// The servers `grpc_bench serve` runs itself.
@@ -129,6 +138,9 @@ async fn main() -> ExitCode {
             addr,
             tls_cert,
             tls_key,
+            chat_broadcast,
+            upload_dir,
+            no_sync,
         }) => {
             let tls = tls_cert
                 .zip(tls_key)
@@ -137,7 +149,12 @@ async fn main() -> ExitCode {
                     key,
                     client_ca: None,
                 });
-            grpc_suite::cli::exit_code(bench::bare::serve_main(addr, tls).await)
+            let options = bench::bare::BareOptions {
+                chat_broadcast,
+                upload_dir,
+                upload_sync: !no_sync,
+            };
+            grpc_suite::cli::exit_code(bench::bare::serve_main(addr, tls, options).await)
         }
     }
 }

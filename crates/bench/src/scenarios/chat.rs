@@ -11,7 +11,11 @@
 //!   until each has seen its own join announcement is the join time. Once every
 //!   announcement has been read the server's memory is sampled: its growth over N is the
 //!   memory per connected client.
-//! - **The same against bare tonic**: N clients, in the same connection layout, each open
+//! - **Fan-out against bare tonic**: the same K clients and M messages through the bare
+//!   reference's ChatStream over one broadcast channel (`grpc_bench serve bare
+//!   --chat-broadcast`: no names, no limits, no announcements); `fanout_ratio` is ours /
+//!   bare in deliveries per second.
+//! - **Joins against bare tonic**: N clients, in the same connection layout, each open
 //!   ChatStream on the bare reference (`grpc_bench serve bare`, which echoes each message
 //!   to its sender), send one message and read its echo; the bare server's growth over N
 //!   is tonic's and hyper's own cost per connected client, the floor ours is compared with.
@@ -63,27 +67,36 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         .set("messages", settings.chat_messages as f64);
 
     let server = Server::start(ServerKind::Streaming, &context.server_dir("fanout"), &[]).await?;
-    let fan_out = fan_out(
-        &[server.url()],
-        settings.chat_clients,
-        settings.chat_messages,
-    )
-    .await;
+    let (clients, messages) = (settings.chat_clients, settings.chat_messages);
+    let ours = fan_out(&[server.url()], clients, messages, Room::Ours).await;
     let peak_fan_out = server.memory()?.peak_kib;
     server.stop();
-    let mut fan_out = fan_out.context("fan-out phase")?;
+    let mut ours = ours.context("fan-out phase")?;
+    let ours_rate = per_second(ours.deliveries, ours.elapsed);
     measurement
-        .set(
-            "deliveries_per_s",
-            per_second(fan_out.deliveries, fan_out.elapsed),
-        )
-        .set("p50_ms", fan_out.latencies.quantile_us(0.50) / 1e3)
-        .set("p99_ms", fan_out.latencies.quantile_us(0.99) / 1e3)
+        .set("deliveries_per_s", ours_rate)
+        .set("p50_ms", ours.latencies.quantile_us(0.50) / 1e3)
+        .set("p99_ms", ours.latencies.quantile_us(0.99) / 1e3)
         .set("fanout_peak_rss_mib", mib(peak_fan_out));
     if settings.chat_replicas > 0 {
-        let in_process = per_second(fan_out.deliveries, fan_out.elapsed);
-        bus_fan_outs(context, &mut measurement, in_process).await?;
+        bus_fan_outs(context, &mut measurement, ours_rate).await?;
     }
+
+    let server = Server::start(
+        ServerKind::Bare,
+        &context.server_dir("bare-fanout"),
+        &["--chat-broadcast"],
+    )
+    .await?;
+    let bare = fan_out(&[server.url()], clients, messages, Room::BareBroadcast).await;
+    server.stop();
+    let mut bare = bare.context("fan-out phase against the bare broadcast")?;
+    let bare_rate = per_second(bare.deliveries, bare.elapsed);
+    measurement
+        .set("bare_deliveries_per_s", bare_rate)
+        .set("bare_p50_ms", bare.latencies.quantile_us(0.50) / 1e3)
+        .set("bare_p99_ms", bare.latencies.quantile_us(0.99) / 1e3)
+        .set("fanout_ratio", ours_rate / bare_rate.max(f64::MIN_POSITIVE));
 
     let layout = JoinLayout {
         count: settings.chat_joins,
@@ -191,7 +204,13 @@ async fn bus_fan_outs(
             servers.push(Server::start(ServerKind::Streaming, &dir, &bus).await?);
         }
         let urls: Vec<String> = servers.iter().map(Server::url).collect();
-        let result = fan_out(&urls, settings.chat_clients, settings.chat_messages).await;
+        let result = fan_out(
+            &urls,
+            settings.chat_clients,
+            settings.chat_messages,
+            Room::Ours,
+        )
+        .await;
         servers.into_iter().for_each(Server::stop);
         drop(nats);
         let mut result = result.with_context(|| format!("fan-out over {replicas} replica(s)"))?;
@@ -240,12 +259,44 @@ async fn join_when_ready(url: &str, queue: usize) -> anyhow::Result<Member> {
     }
 }
 
+/// Which chat room the fan-out drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// Our streaming server's room: a member has joined once its announcement arrived.
+    Ours,
+    /// The bare broadcast reference: a member has joined once its call answered.
+    BareBroadcast,
+}
+
+/// Opens ChatStream on the bare broadcast reference (subscribed once the call answers).
+async fn join_bare(channel: Channel, queue: usize) -> anyhow::Result<Member> {
+    let mut client = StreamingServiceClient::new(channel);
+    let (outgoing, requests) = mpsc::channel(queue.max(1));
+    let incoming = tokio::time::timeout(
+        CALL_TIMEOUT,
+        client.chat_stream(ReceiverStream::new(requests)),
+    )
+    .await
+    .context("ChatStream did not answer")?
+    .context("ChatStream")?
+    .into_inner();
+    Ok(Member { outgoing, incoming })
+}
+
 /// K members, member i on `urls[i % len]`, each sending M messages; see the module doc.
-async fn fan_out(urls: &[String], clients: usize, messages: usize) -> anyhow::Result<FanOut> {
+async fn fan_out(
+    urls: &[String],
+    clients: usize,
+    messages: usize,
+    room: Room,
+) -> anyhow::Result<FanOut> {
     let mut members = Vec::with_capacity(clients);
     for index in 0..clients {
         let url = &urls[index % urls.len().max(1)];
-        members.push(join_when_ready(url, messages + 1).await?);
+        members.push(match room {
+            Room::Ours => join_when_ready(url, messages + 1).await?,
+            Room::BareBroadcast => join_bare(connect(url).await?, messages + 1).await?,
+        });
     }
     let flow = Arc::new(Flow {
         window: Semaphore::new(WINDOW),

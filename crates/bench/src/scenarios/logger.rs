@@ -1,6 +1,16 @@
 //! Concurrent LogActivity calls: each answer means the row is committed to SQLite (the
 //! logger's group commit shares one sync among the calls waiting together), so the rate
-//! is of durable acknowledgements.
+//! is of durable acknowledgements. Measured against two ceilings in the same run:
+//!
+//! - `sqlite_acks_per_s`: the logger's own store (`logger_service::Store`: the same
+//!   schema, WAL with `synchronous=FULL`, the same group-commit writer) driven directly
+//!   from this process by as many concurrent writers as the gRPC load has calls in
+//!   flight: what the disk and SQLite allow without gRPC. The per-row stdout echo of the
+//!   binary is off here (it was measured to cost nothing, see BENCHMARKS.md).
+//! - `bare_rps`: SayHello on the bare tonic server at the same concurrency and
+//!   connections: what gRPC allows for a unary call on these cores.
+//!
+//! `ratio` is ours / the lower of the two.
 //!
 //! The same load then runs against a second logger storing in PostgreSQL (a throwaway
 //! server from Debian's `postgresql` package, with its default durability: every commit
@@ -8,30 +18,45 @@
 //! `pg_acks_per_s` and `pg_vs_sqlite`. Without PostgreSQL installed those figures are
 //! left out, with a note on stderr.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
-use grpc_suite::logger as pb;
+use grpc_suite::{file::file_service_client::FileServiceClient, logger as pb};
+use logger_service::store::{NewEntry, Store};
 use pb::logger_service_client::LoggerServiceClient;
 use tonic::transport::Channel;
 
-use super::{Context, LoopOutcome, add_server_figures, closed_loop, connect_many};
+use super::{
+    Context, LoopOutcome, add_server_figures, closed_loop, connect_many, hello::say_hello_load,
+};
 use crate::{
     report::Measurement,
     servers::{Server, ServerKind},
     stats::per_second,
 };
 
-/// Measures durable acknowledgements/s and their latency at the configured concurrency, on
-/// SQLite and then, when it is installed, on PostgreSQL.
+/// The text of every benchmark row.
+const DETAILS: &str = "grpc_bench load: one durable row";
+
+/// Measures the SQLite ceiling, durable acknowledgements/s and their latency through the
+/// logger server, then the bare unary rate, all at the configured concurrency.
 pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     let settings = context.settings;
-    let server = Server::start(ServerKind::Logger, &context.server_dir("logger"), &[]).await?;
-    let mut outcome = load(context, &server).await?;
     let mut measurement = Measurement::new("logger");
-    let acks_per_s = per_second(outcome.calls, outcome.elapsed);
     measurement
         .set("concurrency", settings.concurrency as f64)
-        .set("connections", settings.connections as f64)
-        .set("acks_per_s", acks_per_s)
+        .set("connections", settings.connections as f64);
+
+    let sqlite = sqlite_ceiling(context)
+        .await
+        .context("the SQLite ceiling")?;
+    measurement.set("sqlite_acks_per_s", sqlite);
+
+    let server = Server::start(ServerKind::Logger, &context.server_dir("logger"), &[]).await?;
+    let mut outcome = load(context, &server).await?;
+    let ours = per_second(outcome.calls, outcome.elapsed);
+    measurement
+        .set("acks_per_s", ours)
         .set("p50_ms", outcome.latencies.quantile_us(0.50) / 1e3)
         .set("p99_ms", outcome.latencies.quantile_us(0.99) / 1e3);
     add_server_figures(&mut measurement, "", &server)?;
@@ -56,10 +81,7 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
                 .set("pg_acks_per_s", pg_acks_per_s)
                 .set("pg_p50_ms", outcome.latencies.quantile_us(0.50) / 1e3)
                 .set("pg_p99_ms", outcome.latencies.quantile_us(0.99) / 1e3)
-                .set(
-                    "pg_vs_sqlite",
-                    pg_acks_per_s / acks_per_s.max(f64::MIN_POSITIVE),
-                );
+                .set("pg_vs_sqlite", pg_acks_per_s / ours.max(f64::MIN_POSITIVE));
             server.stop();
             tokio::task::spawn_blocking(move || drop(postgres))
                 .await
@@ -67,6 +89,21 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         }
         Err(error) => eprintln!("logger: PostgreSQL figures skipped: {error:#}"),
     }
+
+    let bare = Server::start(ServerKind::Bare, &context.server_dir("bare"), &[]).await?;
+    let clients: Vec<FileServiceClient<grpc_suite::cli::Connection>> =
+        connect_many(&bare.url(), settings.connections)
+            .await?
+            .into_iter()
+            .map(|channel| FileServiceClient::new(grpc_suite::cli::Connection::from(channel)))
+            .collect();
+    let bare_rate = say_hello_load(context, &clients, &mut measurement, "bare", &bare).await?;
+    bare.stop();
+
+    let ceiling = sqlite.min(bare_rate);
+    measurement
+        .set("ceiling_per_s", ceiling)
+        .set("ratio", ours / ceiling.max(f64::MIN_POSITIVE));
     Ok(measurement)
 }
 
@@ -85,7 +122,7 @@ async fn load(context: &Context<'_>, server: &Server) -> anyhow::Result<LoopOutc
             let answer = client
                 .log_activity(pb::LogRequest {
                     event_type: "BENCH".to_owned(),
-                    details: "grpc_bench load: one durable row".to_owned(),
+                    details: DETAILS.to_owned(),
                     timestamp: String::new(),
                     event_id: String::new(),
                 })
@@ -96,4 +133,37 @@ async fn load(context: &Context<'_>, server: &Server) -> anyhow::Result<LoopOutc
         },
     )
     .await
+}
+
+/// Durable appends per second through the logger's store, with as many writers as the
+/// gRPC load has calls in flight, for the same warm-up and duration.
+async fn sqlite_ceiling(context: &Context<'_>) -> anyhow::Result<f64> {
+    let settings = context.settings;
+    let dir = context.server_dir("sqlite");
+    let store = Arc::new(Store::open(&dir.join("logs.db"), false)?);
+    // The server stamps each row with the local time as it receives it; so does this.
+    let outcome = closed_loop(
+        &[Arc::clone(&store)],
+        settings.concurrency,
+        settings.warmup,
+        settings.duration,
+        |store: Arc<Store>| async move {
+            store
+                .append(NewEntry {
+                    event_type: "BENCH".to_owned(),
+                    details: DETAILS.to_owned(),
+                    timestamp: chrono::Local::now()
+                        .format(logger_service::store::TIMESTAMP_FORMAT)
+                        .to_string(),
+                    event_id: None,
+                })
+                .await
+                .map_err(|error| anyhow::anyhow!("append: {error}"))?;
+            Ok(())
+        },
+    )
+    .await;
+    store.close(std::time::Duration::from_secs(10)).await;
+    let outcome = outcome?;
+    Ok(per_second(outcome.calls, outcome.elapsed))
 }

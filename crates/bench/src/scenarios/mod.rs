@@ -107,13 +107,13 @@ impl Scenario {
     pub fn servers(self) -> &'static [ServerKind] {
         match self {
             Self::Hello => &[ServerKind::Bare, ServerKind::File],
-            Self::Upload => &[ServerKind::Streaming],
+            Self::Upload => &[ServerKind::Streaming, ServerKind::Bare],
             Self::Random => &[ServerKind::Random],
             Self::Chat => &[ServerKind::Streaming, ServerKind::Bare],
-            Self::Logger => &[ServerKind::Logger],
+            Self::Logger => &[ServerKind::Logger, ServerKind::Bare],
             Self::Auth => &[ServerKind::Logger, ServerKind::Auth],
             Self::TlsHello => &[ServerKind::Bare, ServerKind::File],
-            Self::TlsUpload => &[ServerKind::Streaming],
+            Self::TlsUpload => &[ServerKind::Streaming, ServerKind::Bare],
             Self::Sessions => &[ServerKind::Logger, ServerKind::Auth, ServerKind::File],
             Self::AuthFlood => &[ServerKind::Logger, ServerKind::Auth],
             Self::ChatStuck => &[ServerKind::Streaming],

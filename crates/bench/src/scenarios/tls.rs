@@ -145,6 +145,7 @@ mod tests {
         let server = tokio::spawn(crate::bare::serve_bare(
             listener,
             Some(files.load().expect("server TLS")),
+            crate::bare::BareOptions::default(),
             shutdown.clone(),
         ));
 
