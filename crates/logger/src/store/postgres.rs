@@ -398,18 +398,20 @@ impl Writer {
     }
 }
 
-/// One batch in one transaction: the write lock, every entry's statement pipelined, a
-/// NOTIFY for the tailers, COMMIT.
+/// One batch in one transaction: the write lock, every entry's statement and a NOTIFY for
+/// the tailers, pipelined, then COMMIT.
 async fn write_batch(pool: &Pool, batch: &[NewEntry]) -> Result<Vec<Appended>, StoreError> {
     let mut client = pool.get().await?;
     let transaction = client
         .transaction()
         .await
         .map_err(pg("starting a transaction"))?;
-    transaction
-        .execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+    // Prepared once per connection (then cached), so that below each statement is one
+    // request and they go out in the order they are polled.
+    let lock = transaction
+        .prepare_cached("SELECT pg_advisory_xact_lock($1)")
         .await
-        .map_err(pg("taking the write lock"))?;
+        .map_err(pg("preparing the write lock"))?;
     let insert = transaction
         .prepare_cached(INSERT)
         .await
@@ -418,8 +420,19 @@ async fn write_batch(pool: &Pool, batch: &[NewEntry]) -> Result<Vec<Appended>, S
         .prepare_cached(INSERT_WITH_ID)
         .await
         .map_err(pg("preparing the insert with an event id"))?;
-    // Polled together, the statements go out back to back on the one connection and
-    // run in order: one round trip's wait for the batch, not one per row.
+    let notify = transaction
+        .prepare_cached("SELECT pg_notify($1, '')")
+        .await
+        .map_err(pg("preparing the notification"))?;
+    // Polled together, the lock, the inserts and the NOTIFY go out back to back on the one
+    // connection and run in that order: one round trip's wait for the batch, not one per
+    // row. The lock is first, so every insert runs holding it.
+    let locked = async {
+        transaction
+            .execute(&lock, &[&WRITE_LOCK])
+            .await
+            .map_err(pg("taking the write lock"))
+    };
     let statements = batch.iter().map(|entry| {
         let (insert, insert_with_id, transaction) = (&insert, &insert_with_id, &transaction);
         async move {
@@ -453,11 +466,18 @@ async fn write_batch(pool: &Pool, batch: &[NewEntry]) -> Result<Vec<Appended>, S
             })
         }
     });
-    let outcomes = futures_util::future::try_join_all(statements).await?;
-    transaction
-        .execute("SELECT pg_notify($1, '')", &[&CHANNEL])
-        .await
-        .map_err(pg("notifying followers"))?;
+    let notified = async {
+        transaction
+            .execute(&notify, &[&CHANNEL])
+            .await
+            .map_err(pg("notifying followers"))
+    };
+    let (_, outcomes, _) = futures_util::future::try_join3(
+        locked,
+        futures_util::future::try_join_all(statements),
+        notified,
+    )
+    .await?;
     transaction.commit().await.map_err(pg("committing"))?;
     Ok(outcomes)
 }
