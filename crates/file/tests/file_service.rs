@@ -601,3 +601,45 @@ fn client_gives_up_on_a_silent_server_at_its_deadline() {
     assert!(stderr.contains("deadline"), "{stderr}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
+
+/// Servers write their log lines from a thread of their own (so a call never waits on
+/// stderr); stopping one with SIGTERM still writes out every line queued: each call of a
+/// quick burst has its `call finished` line in the log once the server has exited.
+#[test]
+fn every_call_line_is_in_the_log_after_a_graceful_stop() {
+    const CALLS: usize = 300;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("server.log");
+    let files = dir.path().join("files");
+    let server = testkit::Launch::new(cargo_bin("file_server"))
+        .args(["--addr", "127.0.0.1:0", "--dir"])
+        .arg(&files)
+        .env("RUST_LOG", "info")
+        .stderr_to(&log)
+        .discard_stdout()
+        .start()
+        .expect("server starts");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let channel = grpc_suite::cli::connect(&server.url())
+            .await
+            .expect("connect");
+        let mut client = FileServiceClient::new(channel);
+        for _ in 0..CALLS {
+            client
+                .say_hello(pb::HelloRequest {
+                    name: "log".to_owned(),
+                })
+                .await
+                .expect("SayHello");
+        }
+    });
+    let status = server.stop(TIMEOUT).expect("the server stops");
+    assert!(status.success(), "{status:?}");
+    let written = std::fs::read_to_string(&log).expect("the log");
+    let lines = written
+        .lines()
+        .filter(|line| line.contains("call finished") && line.contains("SayHello"))
+        .count();
+    assert_eq!(lines, CALLS, "{written}");
+}
