@@ -27,6 +27,8 @@ pub mod cli;
 pub mod gauge;
 pub mod group_commit;
 pub mod metrics;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod server;
 pub mod session_guard;
 pub mod size;

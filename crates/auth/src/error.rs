@@ -3,7 +3,7 @@
 
 use tonic::Status;
 
-use crate::outbox::OutboxError;
+use crate::{outbox::OutboxError, shared::SharedError};
 
 /// Why an auth call failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,9 @@ pub enum AuthError {
     /// The audit event could not be made durable, so the call was not carried out.
     #[error(transparent)]
     Audit(#[from] OutboxError),
+    /// The shared session database (`--sessions-db`) could not be reached or refused.
+    #[error(transparent)]
+    Shared(#[from] SharedError),
 }
 
 impl From<AuthError> for Status {
@@ -32,6 +35,12 @@ impl From<AuthError> for Status {
             AuthError::Audit(cause) => {
                 tracing::error!(error = %cause, "audit event not recorded; refusing the call");
                 Status::unavailable("the server cannot record this event right now; try again")
+            }
+            AuthError::Shared(cause) => {
+                tracing::error!(error = %cause, "session database failed; refusing the call");
+                Status::unavailable(
+                    "the server cannot reach its session database right now; try again",
+                )
             }
         }
     }

@@ -5,6 +5,9 @@
 //! A login or logout is answered once its event is committed to a local outbox file
 //! ([`outbox`]); a background task delivers from there. So a slow or absent logger never
 //! slows a login, and an event survives an auth server restart.
+//!
+//! With [`Config::sessions_db`] (`--sessions-db postgres://…`) sessions and the outbox live
+//! in PostgreSQL instead ([`shared`]), so several replicas serve the same sessions.
 
 pub mod client;
 pub mod credentials;
@@ -12,6 +15,7 @@ mod error;
 pub mod outbox;
 mod service;
 pub mod sessions;
+pub mod shared;
 pub mod throttle;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -63,6 +67,9 @@ pub struct Config {
     pub throttle: throttle::ThrottleConfig,
     /// The token the logger's `--write-token-file` holds, presented with every event.
     pub logger_token: Option<String>,
+    /// A `postgres://` URL: keep sessions and the audit outbox in that database, shared
+    /// with every replica given the same URL, instead of in memory and `data_dir`.
+    pub sessions_db: Option<String>,
 }
 
 /// Serves the auth service until `shutdown`, delivering audit events in the background.
@@ -72,11 +79,6 @@ pub async fn serve(
     config: &Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
-    let outbox_path = config.data_dir.join(OUTBOX_FILE);
-    let outbox = outbox::Outbox::open(&outbox_path)
-        .with_context(|| format!("opening the audit outbox {}", outbox_path.display()))?;
     // Lazy: the auth server starts, and answers, whether or not the logger is up yet.
     // Several logger replicas (a list, or tasks.logger) share the deliveries; a failed one
     // is redelivered, and the logger keeps one row per event id.
@@ -94,6 +96,58 @@ pub async fn serve(
         .map(|token| format!("Bearer {token}").parse())
         .transpose()
         .context("the logger token must be printable ASCII")?;
+    let throttle = Arc::new(throttle::Throttle::new(config.throttle));
+    let background = TaskTracker::new();
+    let service = match &config.sessions_db {
+        Some(url) => {
+            let shared = shared::SharedSessions::open(url).await.with_context(|| {
+                format!(
+                    "opening the session database {}",
+                    grpc_suite::postgres::redact(url)
+                )
+            })?;
+            background.spawn(shared.clone().deliver(
+                LoggerServiceClient::new(logger_channel),
+                logger_token,
+                shutdown.clone(),
+            ));
+            background.spawn(sweep_shared_sessions(shared.clone(), shutdown.clone()));
+            AuthService::shared(credentials, shared, config.session_ttl, throttle)
+        }
+        None => {
+            let (sessions, outbox) = open_local(config)?;
+            background.spawn(outbox.clone().deliver(
+                LoggerServiceClient::new(logger_channel),
+                logger_token,
+                shutdown.clone(),
+            ));
+            background.spawn(sweep_sessions(Arc::clone(&sessions), shutdown.clone()));
+            AuthService::new(credentials, sessions, outbox, throttle)
+        }
+    };
+    background.close();
+
+    let served = GrpcServer::new()
+        .add_service(
+            AuthServiceServer::new(service)
+                .accept_compressed(GZIP)
+                .send_compressed(GZIP),
+        )
+        .serve(listener, shutdown.clone())
+        .await;
+    // The gRPC side is done; background tasks watch the same token and stop promptly.
+    shutdown.cancel();
+    background.wait().await;
+    served
+}
+
+/// The local outbox file in the data folder, and the sessions kept in it still live.
+fn open_local(config: &Config) -> anyhow::Result<(Arc<sessions::SessionStore>, outbox::Outbox)> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
+    let outbox_path = config.data_dir.join(OUTBOX_FILE);
+    let outbox = outbox::Outbox::open(&outbox_path)
+        .with_context(|| format!("opening the audit outbox {}", outbox_path.display()))?;
     let sessions = Arc::new(sessions::SessionStore::new(config.session_ttl));
     // Sessions survive a restart: those still live on disk are served again.
     let now = std::time::SystemTime::now();
@@ -115,30 +169,24 @@ pub async fn serve(
     if restored > 0 {
         tracing::info!(restored, "live sessions restored from the data folder");
     }
+    Ok((sessions, outbox))
+}
 
-    let background = TaskTracker::new();
-    background.spawn(outbox.clone().deliver(
-        LoggerServiceClient::new(logger_channel),
-        logger_token,
-        shutdown.clone(),
-    ));
-    background.spawn(sweep_sessions(Arc::clone(&sessions), shutdown.clone()));
-    background.close();
-
-    let throttle = Arc::new(throttle::Throttle::new(config.throttle));
-    let service = AuthService::new(credentials, sessions, outbox, throttle);
-    let served = GrpcServer::new()
-        .add_service(
-            AuthServiceServer::new(service)
-                .accept_compressed(GZIP)
-                .send_compressed(GZIP),
-        )
-        .serve(listener, shutdown.clone())
-        .await;
-    // The gRPC side is done; background tasks watch the same token and stop promptly.
-    shutdown.cancel();
-    background.wait().await;
-    served
+/// Removes expired sessions from the shared table now and then (any replica may; the
+/// delete is idempotent) and keeps the live-sessions gauge.
+async fn sweep_shared_sessions(shared: shared::SharedSessions, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                match shared.sweep(service::unix_seconds(std::time::SystemTime::now())).await {
+                    Ok(left) => grpc_suite::metrics::AUTH_SESSIONS_LIVE.set(left),
+                    Err(error) => tracing::debug!(%error, "sweeping expired sessions failed"),
+                }
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 async fn sweep_sessions(sessions: Arc<sessions::SessionStore>, shutdown: CancellationToken) {

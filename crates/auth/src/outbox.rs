@@ -28,10 +28,10 @@ const MAX_WRITE_BATCH: usize = 1024;
 /// Queue in front of the writer: callers wait (backpressure) beyond this many.
 const WRITE_QUEUE: usize = 4096;
 /// Events read per delivery round.
-const DELIVERY_BATCH: usize = 256;
+pub(crate) const DELIVERY_BATCH: usize = 256;
 /// First retry delay after a failed delivery; doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// One delivery attempt may take this long before it counts as failed.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -314,8 +314,29 @@ impl Outbox {
     }
 }
 
+/// The outcome of one delivery attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// The logger has it (or refused it for good): remove it from the outbox.
+    Done,
+    /// Not delivered; try again after a pause.
+    Retry,
+    /// Shutdown came first.
+    Shutdown,
+}
+
+/// The wire request for `event`, under its own id and original time.
+pub(crate) fn log_request(event: AuditEvent) -> pb::LogRequest {
+    pb::LogRequest {
+        event_type: event.event_type,
+        details: event.details,
+        timestamp: event.timestamp,
+        event_id: event.event_id,
+    }
+}
+
 /// The delivery side's connection to the logger and its stop signal.
-struct Delivery {
+pub(crate) struct Delivery {
     logger: LoggerServiceClient<Channel>,
     /// The `authorization` value every delivery carries, if the logger guards writes.
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
@@ -340,51 +361,55 @@ struct Outage {
 impl Delivery {
     /// Sends one event until the logger takes it; false if shutdown came first.
     async fn send(&mut self, event: AuditEvent) -> bool {
-        let request = pb::LogRequest {
-            event_type: event.event_type,
-            details: event.details,
-            timestamp: event.timestamp,
-            event_id: event.event_id,
-        };
+        let request = log_request(event);
         let mut backoff = FIRST_BACKOFF;
         loop {
-            // The event being sent is the oldest undelivered one; refreshed on every retry,
-            // so the figure grows for as long as the logger is down.
-            grpc_suite::metrics::AUTH_OUTBOX_OLDEST_AGE_SECONDS
-                .set(age_seconds(&request.timestamp));
-            let mut call = tonic::Request::new(request.clone());
-            if let Some(token) = &self.token {
-                call.metadata_mut().insert("authorization", token.clone());
-            }
-            let attempt = tokio::time::timeout(DELIVERY_TIMEOUT, self.logger.log_activity(call));
-            let outcome = tokio::select! {
-                outcome = attempt => outcome,
-                () = self.shutdown.cancelled() => return false,
-            };
-            match outcome {
-                Ok(Ok(reply)) if reply.get_ref().logged => {
-                    self.delivered();
-                    return true;
-                }
-                Ok(Ok(_)) => self.failed("the logger did not log the event"),
-                Ok(Err(status)) if status.code() == Code::InvalidArgument => {
-                    // Retrying cannot fix a refused event, and holding it would stop every
-                    // later one: record the loss loudly and move on.
-                    tracing::error!(event_id = %request.event_id, reason = status.message(), "logger refused an audit event; dropping it");
-                    return true;
-                }
-                Ok(Err(status)) => self.failed(&format!(
-                    "the logger answered {}: {}",
-                    grpc_suite::cli::code_name(status.code()),
-                    status.message()
-                )),
-                Err(_) => self.failed("the logger did not answer in time"),
+            match self.attempt(&request).await {
+                Attempt::Done => return true,
+                Attempt::Shutdown => return false,
+                Attempt::Retry => {}
             }
             if !self.pause(backoff).await {
                 return false;
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// One try at delivering `request`.
+    pub(crate) async fn attempt(&mut self, request: &pb::LogRequest) -> Attempt {
+        // The event being sent is the oldest undelivered one; refreshed on every retry,
+        // so the figure grows for as long as the logger is down.
+        grpc_suite::metrics::AUTH_OUTBOX_OLDEST_AGE_SECONDS.set(age_seconds(&request.timestamp));
+        let mut call = tonic::Request::new(request.clone());
+        if let Some(token) = &self.token {
+            call.metadata_mut().insert("authorization", token.clone());
+        }
+        let attempt = tokio::time::timeout(DELIVERY_TIMEOUT, self.logger.log_activity(call));
+        let outcome = tokio::select! {
+            outcome = attempt => outcome,
+            () = self.shutdown.cancelled() => return Attempt::Shutdown,
+        };
+        match outcome {
+            Ok(Ok(reply)) if reply.get_ref().logged => {
+                self.delivered();
+                return Attempt::Done;
+            }
+            Ok(Ok(_)) => self.failed("the logger did not log the event"),
+            Ok(Err(status)) if status.code() == Code::InvalidArgument => {
+                // Retrying cannot fix a refused event, and holding it would stop every
+                // later one: record the loss loudly and move on.
+                tracing::error!(event_id = %request.event_id, reason = status.message(), "logger refused an audit event; dropping it");
+                return Attempt::Done;
+            }
+            Ok(Err(status)) => self.failed(&format!(
+                "the logger answered {}: {}",
+                grpc_suite::cli::code_name(status.code()),
+                status.message()
+            )),
+            Err(_) => self.failed("the logger did not answer in time"),
+        }
+        Attempt::Retry
     }
 
     /// Notes a failed attempt: the first of an outage is a warning, the rest are debug.
@@ -422,7 +447,7 @@ impl Delivery {
 
     /// The outbox is empty: if an outage ended, one line says how long it lasted and how
     /// many events were delivered since.
-    fn report_caught_up(&mut self) {
+    pub(crate) fn report_caught_up(&mut self) {
         let Some(outage) = self.outage.take_if(|outage| outage.recovered_at.is_some()) else {
             return;
         };
@@ -434,8 +459,22 @@ impl Delivery {
         );
     }
 
+    /// A delivery to `logger`, presenting `token`, until `shutdown`.
+    pub(crate) fn new(
+        logger: LoggerServiceClient<Channel>,
+        token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            logger,
+            token,
+            shutdown,
+            outage: None,
+        }
+    }
+
     /// Sleeps, unless shutdown comes first (then false).
-    async fn pause(&self, delay: Duration) -> bool {
+    pub(crate) async fn pause(&self, delay: Duration) -> bool {
         tokio::select! {
             () = tokio::time::sleep(delay) => true,
             () = self.shutdown.cancelled() => false,

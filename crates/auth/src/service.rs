@@ -15,7 +15,8 @@ use crate::{
     AuthError,
     credentials::Credentials,
     outbox::{AuditEvent, Outbox, SessionChange},
-    sessions::SessionStore,
+    sessions::{Session, SessionStore},
+    shared::SharedSessions,
     throttle::Throttle,
 };
 
@@ -34,14 +35,29 @@ const LOGOUT_UNKNOWN: &str = "Unknown session";
 #[derive(Debug, Clone)]
 pub struct AuthService {
     credentials: Arc<Credentials>,
-    sessions: Arc<SessionStore>,
-    outbox: Outbox,
+    state: State,
     throttle: Arc<Throttle>,
     /// One argon2id check takes ~19 MiB and a core for tens of milliseconds; this bounds how
     /// many run at once, so a burst of logins queues instead of exhausting memory, and one
     /// core is left for everything else (logouts, validations, the runtime itself) while a
     /// flood of wrong passwords keeps the pool busy.
     password_checks: Arc<Semaphore>,
+}
+
+/// Where sessions and audit events are kept.
+#[derive(Debug, Clone)]
+enum State {
+    /// This process: sessions in memory, mirrored with the outbox in a local SQLite file.
+    Local {
+        sessions: Arc<SessionStore>,
+        outbox: Outbox,
+    },
+    /// PostgreSQL, shared with every replica (`--sessions-db`).
+    Shared {
+        shared: SharedSessions,
+        /// Session lifetime, at most [`crate::MAX_SESSION_TTL`].
+        ttl: std::time::Duration,
+    },
 }
 
 impl AuthService {
@@ -52,12 +68,27 @@ impl AuthService {
         outbox: Outbox,
         throttle: Arc<Throttle>,
     ) -> Self {
+        Self::with_state(credentials, State::Local { sessions, outbox }, throttle)
+    }
+
+    /// A service whose sessions and outbox are in PostgreSQL, shared with other replicas;
+    /// sessions last `ttl` (at most [`crate::MAX_SESSION_TTL`]).
+    pub fn shared(
+        credentials: Credentials,
+        shared: SharedSessions,
+        ttl: std::time::Duration,
+        throttle: Arc<Throttle>,
+    ) -> Self {
+        let ttl = ttl.min(crate::MAX_SESSION_TTL);
+        Self::with_state(credentials, State::Shared { shared, ttl }, throttle)
+    }
+
+    fn with_state(credentials: Credentials, state: State, throttle: Arc<Throttle>) -> Self {
         let parallelism =
             std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         Self {
             credentials: Arc::new(credentials),
-            sessions,
-            outbox,
+            state,
             throttle,
             password_checks: Arc::new(Semaphore::new(parallelism.saturating_sub(1).max(1))),
         }
@@ -71,6 +102,91 @@ impl AuthService {
             .map_err(|_| Status::unavailable("the server is shutting down"))?;
         let credentials = Arc::clone(&self.credentials);
         run_blocking(move || credentials.verify(&username, &password)).await
+    }
+
+    /// Records an event that changes no session.
+    async fn record(&self, event: AuditEvent) -> Result<(), AuthError> {
+        match &self.state {
+            State::Local { outbox, .. } => outbox.record(event).await?,
+            State::Shared { shared, .. } => shared.record(&event).await?,
+        }
+        Ok(())
+    }
+
+    /// Starts a session for `username` and records its SESSION_STARTED, together.
+    async fn start_session(&self, username: &str) -> Result<uuid::Uuid, AuthError> {
+        let event = AuditEvent::now("SESSION_STARTED", format!("User '{username}' logged in"));
+        match &self.state {
+            State::Local { sessions, outbox } => {
+                let (session_id, session) = sessions.issue(username, SystemTime::now());
+                let change = SessionChange::Start {
+                    id: session_id,
+                    username: username.to_owned(),
+                    expires_at: unix_seconds(session.expires_at),
+                };
+                // The session and its audit record are committed together: no record, no
+                // session, and the client may simply try again.
+                outbox.record_session(event, change).await?;
+                sessions.insert(session_id, session);
+                Ok(session_id)
+            }
+            State::Shared { shared, ttl } => {
+                let session_id = uuid::Uuid::new_v4();
+                let expires_at = unix_seconds(SystemTime::now() + *ttl);
+                shared
+                    .start(session_id, username, expires_at, &event)
+                    .await?;
+                Ok(session_id)
+            }
+        }
+    }
+
+    /// Ends the live session `session_id` and records its SESSION_TERMINATED, together;
+    /// its username, or `None` when no such session is live.
+    async fn end_session(&self, session_id: uuid::Uuid) -> Result<Option<String>, AuthError> {
+        let terminated = |username: &str| {
+            AuditEvent::now(
+                "SESSION_TERMINATED",
+                format!("Session {session_id} ({username}) ended"),
+            )
+        };
+        match &self.state {
+            State::Local { sessions, outbox } => {
+                let Some(session) = sessions.end(&session_id, SystemTime::now()) else {
+                    return Ok(None);
+                };
+                let event = terminated(&session.username);
+                let change = SessionChange::End { id: session_id };
+                if let Err(error) = outbox.record_session(event, change).await {
+                    // Not recorded, so not ended: memory goes back to match the disk.
+                    sessions.insert(session_id, session);
+                    return Err(error.into());
+                }
+                Ok(Some(session.username))
+            }
+            State::Shared { shared, .. } => Ok(shared
+                .end(session_id, unix_seconds(SystemTime::now()), terminated)
+                .await?),
+        }
+    }
+
+    /// The live session `session_id`, if any.
+    async fn session(&self, session_id: uuid::Uuid) -> Result<Option<Session>, AuthError> {
+        match &self.state {
+            State::Local { sessions, .. } => Ok(sessions.get(&session_id, SystemTime::now())),
+            State::Shared { shared, .. } => {
+                let found = shared
+                    .get(session_id, unix_seconds(SystemTime::now()))
+                    .await?;
+                Ok(found.map(|(username, expires_at)| Session {
+                    username,
+                    expires_at: SystemTime::UNIX_EPOCH
+                        + std::time::Duration::from_secs(
+                            u64::try_from(expires_at).unwrap_or_default(),
+                        ),
+                }))
+            }
+        }
     }
 }
 
@@ -122,7 +238,7 @@ impl pb::auth_service_server::AuthService for AuthService {
                         "Logins for user '{username}' from {address} throttled after repeated failures"
                     ),
                 );
-                self.outbox.record(event).await.map_err(AuthError::from)?;
+                self.record(event).await?;
             }
             tracing::info!(%username, %address, "login throttled");
             return Err(AuthError::Throttled(throttled.retry_after).into());
@@ -134,7 +250,7 @@ impl pb::auth_service_server::AuthService for AuthService {
                 "LOGIN_FAILED",
                 format!("Failed login for user '{username}'"),
             );
-            self.outbox.record(event).await.map_err(AuthError::from)?;
+            self.record(event).await?;
             tracing::info!(%username, "login refused");
             grpc_suite::metrics::AUTH_LOGINS
                 .with_label_values(&["refused"])
@@ -142,20 +258,7 @@ impl pb::auth_service_server::AuthService for AuthService {
             return Ok(answer(false, LOGIN_REFUSED, String::new()));
         }
         self.throttle.record_success(&username, address);
-        let (session_id, session) = self.sessions.issue(&username, SystemTime::now());
-        let event = AuditEvent::now("SESSION_STARTED", format!("User '{username}' logged in"));
-        let change = SessionChange::Start {
-            id: session_id,
-            username: username.clone(),
-            expires_at: unix_seconds(session.expires_at),
-        };
-        // The session and its audit record are committed together: no record, no session,
-        // and the client may simply try again.
-        self.outbox
-            .record_session(event, change)
-            .await
-            .map_err(AuthError::from)?;
-        self.sessions.insert(session_id, session);
+        let session_id = self.start_session(&username).await?;
         tracing::info!(%username, %session_id, "logged in");
         grpc_suite::metrics::AUTH_LOGINS
             .with_label_values(&["success"])
@@ -172,20 +275,9 @@ impl pb::auth_service_server::AuthService for AuthService {
         let Ok(session_id) = uuid::Uuid::parse_str(raw_id.trim()) else {
             return Ok(answer(false, LOGOUT_UNKNOWN, raw_id));
         };
-        let Some(session) = self.sessions.end(&session_id, SystemTime::now()) else {
+        let Some(username) = self.end_session(session_id).await? else {
             return Ok(answer(false, LOGOUT_UNKNOWN, raw_id));
         };
-        let username = session.username.clone();
-        let event = AuditEvent::now(
-            "SESSION_TERMINATED",
-            format!("Session {session_id} ({username}) ended"),
-        );
-        let change = SessionChange::End { id: session_id };
-        if let Err(error) = self.outbox.record_session(event, change).await {
-            // Not recorded, so not ended: memory goes back to match the disk.
-            self.sessions.insert(session_id, session);
-            return Err(AuthError::from(error).into());
-        }
         tracing::info!(%username, %session_id, "logged out");
         Ok(answer(true, LOGOUT_OK, session_id.to_string()))
     }
@@ -196,9 +288,10 @@ impl pb::auth_service_server::AuthService for AuthService {
         request: Request<pb::ValidateSessionRequest>,
     ) -> Result<Response<pb::ValidateSessionResponse>, Status> {
         let raw_id = request.into_inner().session_id;
-        let session = uuid::Uuid::parse_str(raw_id.trim())
-            .ok()
-            .and_then(|id| self.sessions.get(&id, SystemTime::now()));
+        let session = match uuid::Uuid::parse_str(raw_id.trim()) {
+            Ok(id) => self.session(id).await?,
+            Err(_) => None,
+        };
         let reply = match session {
             Some(session) => pb::ValidateSessionResponse {
                 valid: true,

@@ -47,6 +47,7 @@ fn config(data_dir: &Path, logger_url: String, session_ttl: Duration) -> Config 
         logger_tls: grpc_suite::tls::ClientTls::default(),
         throttle: auth_service::throttle::ThrottleConfig::default(),
         logger_token: None,
+        sessions_db: None,
     }
 }
 

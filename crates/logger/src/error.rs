@@ -77,6 +77,14 @@ impl From<LoggerError> for Status {
                 // Not stored; the client may retry against the restarted server.
                 Status::unavailable("the logger is shutting down; the event was not stored")
             }
+            LoggerError::Store(cause) if cause.is_unreachable() => {
+                // A database that is down or unreachable comes back (or another replica
+                // reaches it): worth retrying, as the client would a restarting server.
+                tracing::error!(%error, "log storage unreachable");
+                Status::unavailable(
+                    "the logger cannot reach its database right now; the event was not stored",
+                )
+            }
             LoggerError::IdOutOfRange(_) | LoggerError::Store(_) => {
                 // SQLite's words stay in the server log; the client learns the outcome.
                 tracing::error!(%error, "log storage failed");

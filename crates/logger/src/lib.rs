@@ -1,4 +1,5 @@
-//! The logger service (port 50055): the suite's system of record, on SQLite.
+//! The logger service (port 50055): the suite's system of record, on SQLite or, shared by
+//! several replicas, on PostgreSQL.
 //!
 //! - [`serve`] runs the gRPC service (LogActivity, QueryLogs, FollowLogs) on an
 //!   already-bound listener until a shutdown token fires, over a [`Store`] opened with
@@ -51,8 +52,11 @@ const WRITER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the server needs to know, as plain values (the binary builds it from flags).
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The SQLite file; it and its folder are created if missing.
+    /// The SQLite file; it and its folder are created if missing. Unused when
+    /// `postgres_url` is set.
     pub db_path: PathBuf,
+    /// A `postgres://` URL: store in that PostgreSQL database instead of SQLite.
+    pub postgres_url: Option<String>,
     /// The cap on QueryLogs' `limit` and FollowLogs' `backlog`.
     pub max_query_limit: u32,
     /// Print each committed row as `[LOG] <event_type>: <details>` on stdout (the binary
@@ -66,6 +70,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             db_path: PathBuf::from(DEFAULT_DB),
+            postgres_url: None,
             max_query_limit: DEFAULT_MAX_QUERY_LIMIT,
             echo: false,
             tokens: tokens::Tokens::default(),
@@ -73,10 +78,31 @@ impl Default for Config {
     }
 }
 
-/// Opens the database (creating it, its folder and our index and side table) and starts
-/// its writer, for the caller to report before serving.
+/// Opens the SQLite database (creating it, its folder and our index and side table) and
+/// starts its writer, for the caller to report before serving. A configuration naming
+/// PostgreSQL is refused ([`StoreError::NotSqlite`]): [`open`] opens either.
 pub fn open_store(config: &Config) -> Result<Store, StoreError> {
+    if config.postgres_url.is_some() {
+        return Err(StoreError::NotSqlite);
+    }
     Store::open(&config.db_path, config.echo)
+}
+
+/// Opens the configured database, SQLite or PostgreSQL (creating the schema if missing),
+/// and starts its writer.
+pub async fn open(config: &Config) -> Result<Store, StoreError> {
+    match &config.postgres_url {
+        Some(url) => Store::open_postgres(url, config.echo).await,
+        None => open_store(config),
+    }
+}
+
+/// Where the database is, for messages: the file, or the URL without its password.
+pub fn describe_database(config: &Config) -> String {
+    match &config.postgres_url {
+        Some(url) => grpc_suite::postgres::redact(url),
+        None => config.db_path.display().to_string(),
+    }
 }
 
 /// Serves the logger service, with health and reflection, until `shutdown` is cancelled;

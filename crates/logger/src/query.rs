@@ -1,5 +1,6 @@
 //! What `logger_query` does: read the newest rows straight from a database file, the old
-//! system's or ours, without ever creating, migrating or changing it.
+//! system's or ours, or from the PostgreSQL database the logger servers share, without
+//! ever creating, migrating or changing it.
 
 use std::path::Path;
 
@@ -40,4 +41,48 @@ pub fn read_logs(path: &Path, limit: u32, event_type: Option<&str>) -> anyhow::R
     }
     store::newest(&connection, limit, event_type)
         .with_context(|| format!("reading the logs table of {}", path.display()))
+}
+
+/// The newest `limit` rows of the PostgreSQL database at `url`, newest first, of
+/// `event_type` only when given, in a read-only transaction. An unreachable database or
+/// one without a `logs` table is an error that says which.
+pub fn read_logs_postgres(
+    url: &str,
+    limit: u32,
+    event_type: Option<&str>,
+) -> anyhow::Result<Vec<LogRow>> {
+    let shown = grpc_suite::postgres::redact(url);
+    let config = grpc_suite::postgres::config(url, "logger_query").map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let (mut client, connection) = config
+            .connect(grpc_suite::postgres::tokio_postgres::NoTls)
+            .await
+            .with_context(|| format!("cannot connect to {shown}"))?;
+        let driver = tokio::spawn(connection);
+        let transaction = client
+            .build_transaction()
+            .read_only(true)
+            .start()
+            .await
+            .with_context(|| format!("reading {shown}"))?;
+        let has_logs: bool = transaction
+            .query_one("SELECT to_regclass('logs') IS NOT NULL", &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .with_context(|| format!("reading {shown}"))?;
+        if !has_logs {
+            anyhow::bail!("{shown} has no logs table");
+        }
+        let rows = store::newest_postgres(&transaction, limit, event_type)
+            .await
+            .with_context(|| format!("reading the logs table of {shown}"))?;
+        drop(transaction);
+        drop(client);
+        let _ = driver.await;
+        Ok(rows)
+    })
 }

@@ -3,7 +3,7 @@
 
 use std::{pin::Pin, sync::Arc};
 
-use grpc_suite::{logger as pb, server::run_blocking};
+use grpc_suite::logger as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 use tokio_stream::{Stream, StreamExt as _, wrappers::ReceiverStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     LoggerError,
-    store::{self, LogRow, Store},
+    store::{LogRow, Store},
     tokens::Tokens,
     validate,
 };
@@ -71,17 +71,6 @@ impl LoggerService {
     pub(crate) fn task_tracker(&self) -> TaskTracker {
         self.tasks.clone()
     }
-
-    /// Runs a read on a pooled read-only connection, on the blocking pool.
-    async fn read<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, Status> {
-        let store = self.store.clone();
-        run_blocking(move || store.read(work))
-            .await?
-            .map_err(|error| LoggerError::from(error).into())
-    }
 }
 
 /// A stored row as the wire's LogEntry.
@@ -122,8 +111,10 @@ impl pb::logger_service_server::LoggerService for LoggerService {
         let limit = validate::query_limit(limit, self.max_query_limit)?;
         let filter = validate::type_filter(event_type);
         let rows = self
-            .read(move |connection| store::newest(connection, limit, filter.as_deref()))
-            .await?;
+            .store
+            .newest(limit, filter)
+            .await
+            .map_err(LoggerError::from)?;
         let logs = rows.into_iter().map(to_entry).collect::<Result<_, _>>()?;
         Ok(Response::new(pb::LogQueryResponse { logs }))
     }
@@ -148,12 +139,11 @@ impl pb::logger_service_server::LoggerService for LoggerService {
         // snapshot and on the channel, and the cursor drops the second copy; the other way
         // round it would be in neither.
         let live = self.store.subscribe();
-        let snapshot_filter = filter.clone();
         let (cursor, backlog_rows) = self
-            .read(move |connection| {
-                store::snapshot(connection, backlog, snapshot_filter.as_deref())
-            })
-            .await?;
+            .store
+            .snapshot(backlog, filter.clone())
+            .await
+            .map_err(LoggerError::from)?;
         let (sender, receiver) = mpsc::channel(FOLLOW_BUFFER);
         let follower = Follower {
             store: self.store.clone(),
@@ -245,18 +235,13 @@ impl Follower {
     /// Sends every stored row after the cursor; false when the stream should end.
     async fn catch_up(&mut self) -> bool {
         loop {
-            let store = self.store.clone();
-            let (cursor, filter) = (self.cursor, self.filter.clone());
-            let page = run_blocking(move || {
-                store.read(|connection| {
-                    store::after(connection, cursor, CATCH_UP_PAGE, filter.as_deref())
-                })
-            })
-            .await;
+            let page = self
+                .store
+                .after(self.cursor, CATCH_UP_PAGE, self.filter.clone())
+                .await;
             let rows = match page {
-                Ok(Ok(rows)) => rows,
-                Ok(Err(error)) => return self.fail(LoggerError::from(error).into()).await,
-                Err(status) => return self.fail(status).await,
+                Ok(rows) => rows,
+                Err(error) => return self.fail(LoggerError::from(error).into()).await,
             };
             if rows.is_empty() {
                 return true;

@@ -1,5 +1,6 @@
-//! The SQLite store: the schema, the one writer thread with group commit, and read-only
-//! connections for queries.
+//! The log store: [`Store`], over SQLite (this file: the schema, the one writer thread with
+//! group commit, and read-only connections for queries) or PostgreSQL ([`postgres`]), so
+//! the service is written once against [`Store`]'s methods.
 //!
 //! Writes go through [`Store::append`] to a dedicated OS thread that owns the only
 //! read-write connection ([`grpc_suite::group_commit`]). It blocks for one request, then
@@ -26,6 +27,10 @@ use std::{
     },
     time::Duration,
 };
+
+mod postgres;
+
+pub(crate) use postgres::newest as newest_postgres;
 
 use grpc_suite::group_commit::{GroupCommit, SubmitError};
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
@@ -155,6 +160,31 @@ pub enum StoreError {
         /// SQLite's error preparing the contract's query.
         source: rusqlite::Error,
     },
+    /// PostgreSQL failed (connection lost, a constraint, …).
+    #[error("{context}: {source}")]
+    Postgres {
+        /// What we were doing.
+        context: &'static str,
+        /// The driver's error.
+        source: grpc_suite::postgres::tokio_postgres::Error,
+    },
+    /// No PostgreSQL connection could be had (the database is down or unreachable).
+    #[error("connecting to PostgreSQL: {0}")]
+    PostgresPool(#[from] grpc_suite::postgres::PoolError),
+    /// The PostgreSQL URL or schema could not be set up.
+    #[error("{0}")]
+    PostgresSetup(String),
+    /// A PostgreSQL commit took longer than allowed; whether it happened is unknown (a
+    /// retry with the same event id is stored once).
+    #[error("PostgreSQL did not confirm the commit within {0:?}")]
+    PostgresTimeout(Duration),
+    /// The configuration names PostgreSQL where only SQLite can be opened
+    /// ([`open_store`](crate::open_store)); use [`open`](crate::open).
+    #[error("a PostgreSQL database is opened with logger_service::open")]
+    NotSqlite,
+    /// A read on the blocking pool failed to run.
+    #[error("the read task failed: {0}")]
+    ReadTask(String),
     /// The writer (or the echo) thread could not be started.
     #[error("starting the log writer thread: {0}")]
     Thread(std::io::Error),
@@ -174,6 +204,18 @@ trait SqliteContext<T> {
 impl<T> SqliteContext<T> for rusqlite::Result<T> {
     fn context(self, context: &'static str) -> Result<T, StoreError> {
         self.map_err(|source| StoreError::Sqlite { context, source })
+    }
+}
+
+impl StoreError {
+    /// True when the database could not be reached or did not answer (worth retrying
+    /// elsewhere or later), as opposed to the database refusing the work.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::PostgresPool(_) | Self::PostgresTimeout(_) => true,
+            Self::Postgres { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            _ => false,
+        }
     }
 }
 
@@ -202,9 +244,139 @@ impl StoreStats {
     }
 }
 
-/// The open database: a handle to the writer thread and a pool of readers. Cheap to clone.
-#[derive(Clone)]
+/// The open log database, SQLite or PostgreSQL. Cheap to clone.
+#[derive(Debug, Clone)]
 pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite(SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+impl Store {
+    /// Opens (creating it and its folder if needed) the SQLite database at `path`; see
+    /// [`SqliteStore::open`].
+    pub fn open(path: &Path, echo: bool) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Sqlite(SqliteStore::open(path, echo)?),
+        })
+    }
+
+    /// Connects to the PostgreSQL database at `url`, creates the schema if missing (safe
+    /// when several replicas start at once) and starts the writer and the tailer that
+    /// feeds followers with rows committed by any replica.
+    pub async fn open_postgres(url: &str, echo: bool) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Postgres(postgres::PgStore::open(url, echo).await?),
+        })
+    }
+
+    /// Whether the writer can commit: false from a failed commit until one succeeds again.
+    pub fn committing(&self) -> watch::Receiver<bool> {
+        match &self.backend {
+            Backend::Sqlite(store) => store.committing(),
+            Backend::Postgres(store) => store.committing(),
+        }
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> Arc<StoreStats> {
+        match &self.backend {
+            Backend::Sqlite(store) => store.stats(),
+            Backend::Postgres(store) => store.stats(),
+        }
+    }
+
+    /// Stores `entry` and answers once its transaction is committed (so the row is durable).
+    pub async fn append(&self, entry: NewEntry) -> Result<Appended, Arc<StoreError>> {
+        match &self.backend {
+            Backend::Sqlite(store) => store.append(entry).await,
+            Backend::Postgres(store) => store.append(entry).await,
+        }
+    }
+
+    /// A receiver of every row committed from now on, in id order. On PostgreSQL that is
+    /// every replica's rows (see [`postgres`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<LogRow> {
+        match &self.backend {
+            Backend::Sqlite(store) => store.subscribe(),
+            Backend::Postgres(store) => store.subscribe(),
+        }
+    }
+
+    /// The newest `limit` rows, newest first, of `event_type` only when given.
+    pub async fn newest(
+        &self,
+        limit: u32,
+        event_type: Option<String>,
+    ) -> Result<Vec<LogRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                store
+                    .read_blocking(move |connection| {
+                        newest(connection, limit, event_type.as_deref())
+                    })
+                    .await
+            }
+            Backend::Postgres(store) => store.newest(limit, event_type.as_deref()).await,
+        }
+    }
+
+    /// Up to `limit` rows with an id above `cursor`, oldest first, of `event_type` only
+    /// when given.
+    pub async fn after(
+        &self,
+        cursor: i64,
+        limit: u32,
+        event_type: Option<String>,
+    ) -> Result<Vec<LogRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                store
+                    .read_blocking(move |connection| {
+                        after(connection, cursor, limit, event_type.as_deref())
+                    })
+                    .await
+            }
+            Backend::Postgres(store) => store.after(cursor, limit, event_type.as_deref()).await,
+        }
+    }
+
+    /// The newest row id (0 for none) and the newest `backlog` rows, oldest first, as one
+    /// consistent read.
+    pub async fn snapshot(
+        &self,
+        backlog: u32,
+        event_type: Option<String>,
+    ) -> Result<(i64, Vec<LogRow>), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(store) => {
+                store
+                    .read_blocking(move |connection| {
+                        snapshot(connection, backlog, event_type.as_deref())
+                    })
+                    .await
+            }
+            Backend::Postgres(store) => store.snapshot(backlog, event_type.as_deref()).await,
+        }
+    }
+
+    /// Commits what is queued and stops the writer (waiting at most `limit`); appends
+    /// after this are refused with [`StoreError::WriterStopped`].
+    pub async fn close(&self, limit: Duration) {
+        match &self.backend {
+            Backend::Sqlite(store) => store.close(limit).await,
+            Backend::Postgres(store) => store.close(limit).await,
+        }
+    }
+}
+
+/// The SQLite database: a handle to the writer thread and a pool of readers. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
     path: PathBuf,
     writes: GroupCommit<NewEntry, Appended, Arc<StoreError>>,
     committed: broadcast::Sender<LogRow>,
@@ -219,16 +391,16 @@ pub struct Store {
     echo_finished: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
-            .debug_struct("Store")
+            .debug_struct("SqliteStore")
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating it and its folder if needed) the database at `path`, brings the
     /// schema up to date and starts the writer thread. With `echo`, each committed row is
     /// printed as `[LOG] <event_type>: <details>` on stdout, as the old server did.
@@ -329,6 +501,17 @@ impl Store {
         self.committed.subscribe()
     }
 
+    /// [`read`](Self::read) on tokio's blocking pool.
+    async fn read_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read(work))
+            .await
+            .map_err(|error| StoreError::ReadTask(error.to_string()))?
+    }
+
     /// Runs `work` on a read-only connection from the pool (opening one if none is free).
     /// Blocking: call it from the blocking pool.
     pub fn read<T>(
@@ -363,20 +546,20 @@ impl Store {
             Ok(()) => tracing::debug!("log writer stopped"),
             Err(error) => tracing::error!(%error, "stopping the log writer"),
         }
-        // The writer's exit closed the echo's channel: let it print the last rows' lines,
-        // briefly, as a stdout nobody reads would never drain.
-        let echo_finished = self
-            .echo_finished
-            .lock()
-            .ok()
-            .and_then(|mut slot| slot.take());
-        if let Some(finished) = echo_finished
-            && tokio::time::timeout(ECHO_DRAIN_TIMEOUT, finished)
-                .await
-                .is_err()
-        {
-            tracing::warn!("stdout did not take the last [LOG] lines in time");
-        }
+        drain_echo(&self.echo_finished).await;
+    }
+}
+
+/// After the writer's exit (which closed the echo's channel): lets the echo thread print
+/// the last rows' lines, briefly, as a stdout nobody reads would never drain.
+async fn drain_echo(echo_finished: &Mutex<Option<oneshot::Receiver<()>>>) {
+    let echo_finished = echo_finished.lock().ok().and_then(|mut slot| slot.take());
+    if let Some(finished) = echo_finished
+        && tokio::time::timeout(ECHO_DRAIN_TIMEOUT, finished)
+            .await
+            .is_err()
+    {
+        tracing::warn!("stdout did not take the last [LOG] lines in time");
     }
 }
 
@@ -495,29 +678,49 @@ impl Writer {
             tracing::error!(%error, rows = batch.len(), "committing a batch of logs failed");
             Arc::new(error)
         })?;
-        self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        grpc_suite::metrics::LOGGER_COMMIT_BATCH_ROWS.observe(batch.len() as f64);
-        for (entry, appended) in batch.into_iter().zip(&outcomes) {
-            if appended.duplicate {
-                continue;
-            }
-            self.stats.rows.fetch_add(1, Ordering::Relaxed);
-            grpc_suite::metrics::LOGGER_ROWS_STORED.inc();
-            if let Some(echo) = &mut self.echo {
-                echo.add(&entry);
-            }
+        committed_batch(
+            batch,
+            &outcomes,
+            &self.stats,
+            self.echo.as_mut(),
+            Some(&self.committed),
+        );
+        Ok(outcomes)
+    }
+}
+
+/// After a commit, before any caller is answered: counts the batch, hands its new rows to
+/// the echo and, when given, publishes them to followers.
+fn committed_batch(
+    batch: Vec<NewEntry>,
+    outcomes: &[Appended],
+    stats: &StoreStats,
+    mut echo: Option<&mut Echo>,
+    publish: Option<&broadcast::Sender<LogRow>>,
+) {
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    grpc_suite::metrics::LOGGER_COMMIT_BATCH_ROWS.observe(batch.len() as f64);
+    for (entry, appended) in batch.into_iter().zip(outcomes) {
+        if appended.duplicate {
+            continue;
+        }
+        stats.rows.fetch_add(1, Ordering::Relaxed);
+        grpc_suite::metrics::LOGGER_ROWS_STORED.inc();
+        if let Some(echo) = echo.as_deref_mut() {
+            echo.add(&entry);
+        }
+        if let Some(publish) = publish {
             // No follower is not an error.
-            let _ = self.committed.send(LogRow {
+            let _ = publish.send(LogRow {
                 id: appended.id,
                 event_type: entry.event_type,
                 details: entry.details,
                 timestamp: entry.timestamp,
             });
         }
-        if let Some(echo) = &mut self.echo {
-            echo.send();
-        }
-        Ok(outcomes)
+    }
+    if let Some(echo) = echo {
+        echo.send();
     }
 }
 
@@ -777,9 +980,7 @@ mod tests {
             .await
             .expect_err("closed");
         assert!(matches!(*error, StoreError::WriterStopped));
-        let rows = store
-            .read(|connection| newest(connection, 100, None))
-            .expect("read");
+        let rows = store.newest(100, None).await.expect("read");
         assert_eq!(rows.len(), stored);
         assert_eq!(stored, 50);
         assert_eq!(store.stats().rows(), 50);

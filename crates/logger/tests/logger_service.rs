@@ -23,6 +23,7 @@ use tonic::{Code, transport::Channel};
 async fn start(db: &Path, max_query_limit: u32) -> (InProcessServer, Arc<StoreStats>) {
     let config = Config {
         db_path: db.to_path_buf(),
+        postgres_url: None,
         max_query_limit,
         echo: false,
         tokens: logger_service::tokens::Tokens::default(),

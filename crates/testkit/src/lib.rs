@@ -26,8 +26,10 @@ use tonic::transport::Channel;
 /// How long any single wait in a test may take before the test fails instead of hanging.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
+mod postgres;
 mod process;
 
+pub use postgres::Postgres;
 pub use process::{Launch, Memory, ServerProcess};
 
 /// The workspace root (where `protos/` lives).

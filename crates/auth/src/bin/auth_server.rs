@@ -26,9 +26,14 @@ struct Args {
         value_parser = clap::value_parser!(u64).range(1..=auth_service::MAX_SESSION_TTL.as_secs()),
     )]
     session_ttl_secs: u64,
-    /// Folder for the audit outbox file.
+    /// Folder for the audit outbox file (unused with --sessions-db).
     #[arg(long, env = "AUTH_SERVICE_DATA_DIR", default_value = "logs_data")]
     data_dir: PathBuf,
+    /// Keep sessions and the audit outbox in this PostgreSQL database
+    /// (postgres://user[:password]@host[:port]/dbname), shared by every auth server given
+    /// the same URL: a session made on one is valid on all. Default: this process.
+    #[arg(long, env = "AUTH_SERVICE_SESSIONS_DB", value_name = "URL", value_parser = postgres_url)]
+    sessions_db: Option<String>,
     /// The logger service that receives audit events: a URL, or HOST:PORT (plaintext).
     /// Several replicas: comma-separated URLs, or a name with several DNS records
     /// (tasks.logger); deliveries are spread over them.
@@ -118,11 +123,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .as_deref()
             .map(grpc_suite::cli::read_token_file)
             .transpose()?,
+        sessions_db: args.sessions_db,
     };
     let listener = args.server.bind_announced("Auth Service").await?;
     println!("Audit events go to the logger at {}", config.logger_url);
     let shutdown = grpc_suite::server::shutdown_on_signals();
     auth_service::serve(listener, credentials, &config, shutdown).await
+}
+
+/// Accepts only a postgres:// or postgresql:// URL.
+fn postgres_url(value: &str) -> Result<String, String> {
+    if grpc_suite::postgres::is_url(value) {
+        Ok(value.to_owned())
+    } else {
+        Err("expected a postgres://user@host:port/dbname URL".to_owned())
+    }
 }
 
 fn print_hash() -> anyhow::Result<()> {

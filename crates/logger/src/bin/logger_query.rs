@@ -5,11 +5,13 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 
-/// Prints the newest logged events from the database file, newest first.
+/// Prints the newest logged events from the database file (or PostgreSQL database), newest
+/// first.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The SQLite database file (opened read-only; never created or changed).
+    /// The SQLite database file (opened read-only; never created or changed), or the
+    /// postgres://user[:password]@host[:port]/dbname URL the logger servers store in.
     #[arg(long, env = "LOGGER_SERVICE_DB", default_value = logger_service::DEFAULT_DB)]
     db: PathBuf,
     /// How many events to show.
@@ -26,7 +28,15 @@ pub(crate) fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let rows = logger_service::query::read_logs(&args.db, args.limit, args.event_type.as_deref())?;
+    let event_type = args.event_type.as_deref();
+    let rows = match args
+        .db
+        .to_str()
+        .filter(|db| grpc_suite::postgres::is_url(db))
+    {
+        Some(url) => logger_service::query::read_logs_postgres(url, args.limit, event_type)?,
+        None => logger_service::query::read_logs(&args.db, args.limit, event_type)?,
+    };
     let text = logger_service::table::render(&rows);
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(())
