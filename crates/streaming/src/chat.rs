@@ -22,9 +22,17 @@
 //!   short notices). Delivery never waits: a member whose mailbox is full is cut off (its
 //!   backlog freed at once, its stream ended with RESOURCE_EXHAUSTED) and the others see it
 //!   leave. A stuck client can thus neither delay the others nor grow the server's memory.
+//! - **Across replicas** ([`nats`], `--chat-bus`): the ordering point moves from the
+//!   room's lock to a NATS JetStream stream. Joins, messages and leaves are published there
+//!   instead of delivered at once; every replica consumes the stream in its sequence order
+//!   and applies each event to its own members exactly as the in-process room does, so all
+//!   members of all replicas see one order. Without a bus the room is the in-process one,
+//!   unchanged.
+
+pub mod nats;
 
 use std::{
-    collections::{BTreeMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
@@ -103,6 +111,9 @@ pub struct RoomLimits {
 #[derive(Debug)]
 pub struct ChatRoom {
     limits: RoomLimits,
+    /// Where the one order is decided: `None`, this room's lock (one process); `Some`, the
+    /// NATS stream every replica consumes.
+    bus: Option<nats::Publisher>,
     /// Held only while delivering to in-memory queues, never across an await; it orders
     /// every message, so holding it for a whole broadcast is the point.
     state: Mutex<RoomState>,
@@ -121,6 +132,15 @@ struct RoomState {
     history_bytes: usize,
     /// Set by [`ChatRoom::close`]; no one may join after.
     closed: bool,
+    /// With a bus: everyone in the room, on every replica, by number, with the replica
+    /// that serves it, as the stream's events so far say (`members` holds this replica's
+    /// own). Empty without a bus.
+    roster: BTreeMap<u64, Arc<str>>,
+    /// With a bus: this replica's members whose join is published but not yet consumed,
+    /// by join ticket.
+    pending: HashMap<u64, Arc<Mailbox>>,
+    /// With a bus: replicas announced gone, with the sequence of that announcement.
+    gone: HashMap<Arc<str>, u64>,
 }
 
 impl ChatRoom {
@@ -128,6 +148,7 @@ impl ChatRoom {
     pub fn new(limits: RoomLimits) -> Arc<Self> {
         Arc::new(Self {
             limits,
+            bus: None,
             state: Mutex::new(RoomState::default()),
         })
     }
@@ -143,7 +164,20 @@ impl ChatRoom {
     /// Adds a member under the next number, announces it to everyone (the newcomer
     /// included), tells the newcomer alone its name, then replays the room's history to
     /// it. `counted` is held for as long as the membership lives.
-    pub fn join(self: &Arc<Self>, counted: GaugeGuard) -> Result<Membership, StreamingError> {
+    ///
+    /// With a bus the join is published and the member's number is the stream sequence of
+    /// that join (unique across replicas, never reused); the announcement, the name and the
+    /// history reach the newcomer once this replica consumes the join, in the stream's
+    /// order. UNAVAILABLE if the bus cannot be reached.
+    pub async fn join(self: &Arc<Self>, counted: GaugeGuard) -> Result<Membership, StreamingError> {
+        match &self.bus {
+            None => self.join_here(counted),
+            Some(bus) => bus.join(self, counted).await,
+        }
+    }
+
+    /// [`ChatRoom::join`] in the in-process room: the lock is the ordering point.
+    fn join_here(self: &Arc<Self>, counted: GaugeGuard) -> Result<Membership, StreamingError> {
         let mut state = self.lock();
         if state.closed {
             return Err(StreamingError::ShuttingDown);
@@ -152,33 +186,58 @@ impl ChatRoom {
         let number = state.last_number;
         let mailbox = Arc::new(Mailbox::default());
         state.members.insert(number, Arc::clone(&mailbox));
-        let name = member_name(number);
-        self.broadcast(
-            &mut state,
-            system_message(format!("{name} has joined the chat")),
-        );
-        self.deliver_to(&mut state, number, system_message(you_are(number)));
-        let history: Vec<_> = state.history.iter().cloned().collect();
-        for message in history {
-            if !mailbox.push(Queued::history(message), &self.limits) {
-                break; // Cannot happen within the history's own bounds; stop if it did.
-            }
-        }
+        self.welcome(&mut state, number);
         drop(state);
-        tracing::info!(member = %name, "joined the chat");
-        Ok(Membership {
+        Ok(self.membership(number, 0, mailbox, counted))
+    }
+
+    fn membership(
+        self: &Arc<Self>,
+        number: u64,
+        ticket: u64,
+        mailbox: Arc<Mailbox>,
+        counted: GaugeGuard,
+    ) -> Membership {
+        Membership {
             room: Arc::clone(self),
             number,
-            name,
+            ticket,
+            name: member_name(number),
             mailbox,
             outbound_taken: false,
             left: false,
             _counted: counted,
-        })
+        }
     }
 
-    /// The members now, by number.
+    /// Announces member `number` (already in `members`) to everyone, tells it its name and
+    /// replays the history to it.
+    fn welcome(&self, state: &mut RoomState, number: u64) {
+        let name = member_name(number);
+        self.broadcast(state, system_message(format!("{name} has joined the chat")));
+        self.deliver_to(state, number, system_message(you_are(number)));
+        if let Some(mailbox) = state.members.get(&number) {
+            for message in &state.history {
+                if !mailbox.push(Queued::history(Arc::clone(message)), &self.limits) {
+                    break; // Cannot happen within the history's own bounds; stop if it did.
+                }
+            }
+            tracing::info!(member = %name, "joined the chat");
+        }
+    }
+
+    /// The members now, by number: every replica's with a bus, this one's without.
     pub fn member_numbers(&self) -> Vec<u64> {
+        let state = self.lock();
+        if self.bus.is_some() {
+            state.roster.keys().copied().collect()
+        } else {
+            state.members.keys().copied().collect()
+        }
+    }
+
+    /// This replica's own members, by number (all of them without a bus).
+    pub fn local_member_numbers(&self) -> Vec<u64> {
         self.lock().members.keys().copied().collect()
     }
 
@@ -207,17 +266,47 @@ impl ChatRoom {
 
     /// Tells every member the server is shutting down, ends every stream cleanly after
     /// that message, and refuses new members.
+    ///
+    /// With a bus, this replica's members are announced as left to the other replicas in
+    /// one event, and the bus's tasks end after publishing it.
     pub fn close(&self) {
         let mut state = self.lock();
+        if state.closed {
+            return;
+        }
         state.closed = true;
         state.history.clear();
         state.history_bytes = 0;
         let notice = Arc::new(system_message(SHUTDOWN_NOTICE.to_owned()));
-        for (_, mailbox) in std::mem::take(&mut state.members) {
+        let pending = std::mem::take(&mut state.pending).into_values();
+        for mailbox in std::mem::take(&mut state.members)
+            .into_values()
+            .chain(pending)
+        {
             // Even a member whose queue is full gets the notice: one more message is
             // bounded, and the stream ends right after it.
             mailbox.push_unbounded(Queued::live(Arc::clone(&notice)));
             mailbox.end(Ok(()));
+        }
+        drop(state);
+        if let Some(bus) = &self.bus {
+            bus.close();
+        }
+    }
+
+    /// Tells this replica's members `text` as a System message (the bus's state).
+    fn tell_everyone_here(&self, text: &str) {
+        let mut state = self.lock();
+        self.broadcast(&mut state, system_message(text.to_owned()));
+    }
+
+    /// A member of this replica has been removed from `members` (cut off or leaving):
+    /// the others must learn it. In-process the notice is queued for `pending` broadcast;
+    /// with a bus the leave is published and reaches everyone in the stream's order.
+    fn announce_left(&self, number: u64, pending: &mut VecDeque<Arc<pb::ChatMessage>>) {
+        match &self.bus {
+            None => pending.push_back(Arc::new(left_message(number))),
+            Some(bus) => bus.leave(number),
         }
     }
 
@@ -236,7 +325,7 @@ impl ChatRoom {
             grpc_suite::metrics::CHAT_MESSAGES_FANNED_OUT.inc_by(reached as u64);
             for number in fell_behind {
                 if self.cut_off(state, number) {
-                    pending.push_back(Arc::new(left_message(number)));
+                    self.announce_left(number, &mut pending);
                 }
             }
         }
@@ -251,7 +340,37 @@ impl ChatRoom {
         if !mailbox.push(Queued::live(Arc::new(message)), &self.limits)
             && self.cut_off(state, number)
         {
-            self.broadcast(state, left_message(number));
+            self.broadcast_left(state, number);
+        }
+    }
+
+    /// Makes a member removed from `members` known to have left (see
+    /// [`ChatRoom::announce_left`]).
+    fn broadcast_left(&self, state: &mut RoomState, number: u64) {
+        let mut pending = VecDeque::new();
+        self.announce_left(number, &mut pending);
+        for notice in pending {
+            self.broadcast(state, Arc::unwrap_or_clone(notice));
+        }
+    }
+
+    /// Delivers a member's chat message to everyone here, in the one order, and keeps it
+    /// for newcomers.
+    fn deliver_chat(&self, state: &mut RoomState, message: pb::ChatMessage) {
+        let shared = Arc::new(message);
+        let mut fell_behind = Vec::new();
+        for (&number, mailbox) in &state.members {
+            if !mailbox.push(Queued::live(Arc::clone(&shared)), &self.limits) {
+                fell_behind.push(number);
+            }
+        }
+        let reached = state.members.len().saturating_sub(fell_behind.len());
+        grpc_suite::metrics::CHAT_MESSAGES_FANNED_OUT.inc_by(reached as u64);
+        self.remember(state, shared);
+        for number in fell_behind {
+            if self.cut_off(state, number) {
+                self.broadcast_left(state, number);
+            }
         }
     }
 
@@ -299,6 +418,9 @@ fn left_message(number: u64) -> pb::ChatMessage {
 pub struct Membership {
     room: Arc<ChatRoom>,
     number: u64,
+    /// With a bus, the ticket the member waits under in `pending` until its join is
+    /// consumed; 0 without.
+    ticket: u64,
     name: String,
     mailbox: Arc<Mailbox>,
     /// The mailbox has one reader: a second [`Membership::outbound`] gets an ended stream.
@@ -341,13 +463,23 @@ impl Membership {
     /// with a System message naming the limit; anything else goes to everyone as this
     /// member (overwriting `sender`, keeping the client's timestamp, or the server's time
     /// if it gave none) and into the history. A member already cut off is ignored.
+    ///
+    /// With a bus the message is published, and reaches everyone (its sender too) in the
+    /// stream's order; if the bus is unreachable or too far behind, the sender alone is
+    /// told it was not sent.
     pub fn say(&self, mut message: pb::ChatMessage) {
         let mut state = self.room.lock();
-        if !state.members.contains_key(&self.number) {
+        let waiting = self.room.bus.is_some() && state.pending.contains_key(&self.ticket);
+        if !state.members.contains_key(&self.number) && !waiting {
             return;
         }
         if message.message.trim() == WHO_COMMAND {
-            let names: Vec<String> = state.members.keys().map(|&n| member_name(n)).collect();
+            // With a bus, everyone on every replica as this replica knows them now.
+            let names: Vec<String> = if self.room.bus.is_some() {
+                state.roster.keys().map(|&n| member_name(n)).collect()
+            } else {
+                state.members.keys().map(|&n| member_name(n)).collect()
+            };
             let answer = format!("In the room ({}): {}", names.len(), names.join(", "));
             self.room
                 .deliver_to(&mut state, self.number, system_message(answer));
@@ -370,17 +502,13 @@ impl Membership {
         if message.timestamp.is_empty() {
             message.timestamp = chrono::Local::now().format(CHAT_TIME_FORMAT).to_string();
         }
-        let shared = Arc::new(message);
-        let mut fell_behind = Vec::new();
-        for (&number, mailbox) in &state.members {
-            if !mailbox.push(Queued::live(Arc::clone(&shared)), &self.room.limits) {
-                fell_behind.push(number);
-            }
-        }
-        self.room.remember(&mut state, shared);
-        for number in fell_behind {
-            if self.room.cut_off(&mut state, number) {
-                self.room.broadcast(&mut state, left_message(number));
+        match &self.room.bus {
+            None => self.room.deliver_chat(&mut state, message),
+            Some(bus) => {
+                if let Err(refusal) = bus.say(self.number, &message) {
+                    let notice = system_message(format!("Your message was not sent: {refusal}"));
+                    self.room.deliver_to(&mut state, self.number, notice);
+                }
             }
         }
     }
@@ -393,8 +521,9 @@ impl Membership {
         }
         self.left = true;
         let mut state = self.room.lock();
-        if state.members.remove(&self.number).is_some() {
-            self.room.broadcast(&mut state, left_message(self.number));
+        let was_waiting = self.room.bus.is_some() && state.pending.remove(&self.ticket).is_some();
+        if state.members.remove(&self.number).is_some() || was_waiting {
+            self.room.broadcast_left(&mut state, self.number);
             drop(state);
             tracing::info!(member = %self.name, "left the chat");
         }
@@ -609,7 +738,7 @@ mod tests {
 
     /// Everything ready in an outbound stream now, as `sender: message` lines, and whether
     /// it has ended (`Some(code)`) or is waiting for more (`None`).
-    fn drain(outbound: &mut Outbound) -> (Vec<String>, Option<tonic::Code>) {
+    pub(super) fn drain(outbound: &mut Outbound) -> (Vec<String>, Option<tonic::Code>) {
         let waker = Waker::noop();
         let mut context = Context::from_waker(waker);
         let mut lines = Vec::new();
@@ -633,16 +762,16 @@ mod tests {
     #[test]
     fn names_joins_leaves_and_one_order() {
         let (room, gauge) = room(100);
-        let mut one = room.join(gauge.enter()).expect("join");
+        let mut one = room.join_here(gauge.enter()).expect("join");
         let mut out_one = one.outbound();
-        let mut two = room.join(gauge.enter()).expect("join");
+        let mut two = room.join_here(gauge.enter()).expect("join");
         let mut out_two = two.outbound();
         assert_eq!((one.name(), two.name()), ("Client(1)", "Client(2)"));
         one.say(text("hi"));
         two.say(text("hello"));
         two.leave(Ok(()));
         drop(two);
-        let mut three = room.join(gauge.enter()).expect("join");
+        let mut three = room.join_here(gauge.enter()).expect("join");
         assert_eq!(three.name(), "Client(3)", "numbers are not reused");
         let mut out_three = three.outbound();
         three.say(text("yo"));
@@ -696,9 +825,9 @@ mod tests {
     #[test]
     fn a_stuck_member_is_cut_off() {
         let (room, gauge) = room(3);
-        let mut talker = room.join(gauge.enter()).expect("join");
+        let mut talker = room.join_here(gauge.enter()).expect("join");
         let mut talker_out = talker.outbound();
-        let mut stuck = room.join(gauge.enter()).expect("join");
+        let mut stuck = room.join_here(gauge.enter()).expect("join");
         let mut stuck_out = stuck.outbound();
         drain(&mut talker_out);
         // Notices do not count: three chat messages fill the stuck member's queue of three,
@@ -731,13 +860,13 @@ mod tests {
     #[test]
     fn join_bursts_stay_within_the_notice_allowance() {
         let (room, gauge) = room(3);
-        let mut first = room.join(gauge.enter()).expect("join");
+        let mut first = room.join_here(gauge.enter()).expect("join");
         let mut first_out = first.outbound();
         let mut others = Vec::new();
         // The first member's own join notice and its name are queued too: it takes 3 × 16
         // in all.
         for _ in 0..(3 * NOTICE_ALLOWANCE - 2) {
-            others.push(room.join(gauge.enter()).expect("join"));
+            others.push(room.join_here(gauge.enter()).expect("join"));
         }
         assert!(
             room.member_numbers().contains(&1),
@@ -750,7 +879,7 @@ mod tests {
 
         // Now unread again: one notice past the allowance cuts it off.
         for _ in 0..=(3 * NOTICE_ALLOWANCE) {
-            others.push(room.join(gauge.enter()).expect("join"));
+            others.push(room.join_here(gauge.enter()).expect("join"));
         }
         assert!(
             !room.member_numbers().contains(&1),
@@ -767,9 +896,9 @@ mod tests {
     #[test]
     fn over_long_messages_are_refused_to_the_sender_alone() {
         let (room, gauge) = room(10);
-        let mut member = room.join(gauge.enter()).expect("join");
+        let mut member = room.join_here(gauge.enter()).expect("join");
         let mut out = member.outbound();
-        let mut other = room.join(gauge.enter()).expect("join");
+        let mut other = room.join_here(gauge.enter()).expect("join");
         let mut other_out = other.outbound();
         drain(&mut out);
         drain(&mut other_out);
@@ -793,9 +922,9 @@ mod tests {
     #[test]
     fn who_answers_the_asker_alone() {
         let (room, gauge) = room(10);
-        let mut one = room.join(gauge.enter()).expect("join");
+        let mut one = room.join_here(gauge.enter()).expect("join");
         let mut out_one = one.outbound();
-        let mut two = room.join(gauge.enter()).expect("join");
+        let mut two = room.join_here(gauge.enter()).expect("join");
         let mut out_two = two.outbound();
         drain(&mut out_one);
         drain(&mut out_two);
@@ -819,11 +948,11 @@ mod tests {
         };
         let room = ChatRoom::new(limits);
         let gauge = Gauge::default();
-        let one = room.join(gauge.enter()).expect("join");
+        let one = room.join_here(gauge.enter()).expect("join");
         for word in ["a", "b", "c"] {
             one.say(text(word));
         }
-        let mut late = room.join(gauge.enter()).expect("join");
+        let mut late = room.join_here(gauge.enter()).expect("join");
         let mut out = late.outbound();
         let waker = Waker::noop();
         let mut context = Context::from_waker(waker);
@@ -863,12 +992,12 @@ mod tests {
         let gauge = Gauge::default();
         let mut stuck: Vec<(Membership, Outbound)> = (0..MEMBERS)
             .map(|_| {
-                let mut member = room.join(gauge.enter()).expect("join");
+                let mut member = room.join_here(gauge.enter()).expect("join");
                 let outbound = member.outbound();
                 (member, outbound)
             })
             .collect();
-        let mut sender = room.join(gauge.enter()).expect("join");
+        let mut sender = room.join_here(gauge.enter()).expect("join");
         let mut sender_out = sender.outbound();
         let big = "x".repeat(MESSAGE);
         let mut most_held = 0;
@@ -901,7 +1030,7 @@ mod tests {
     #[tokio::test]
     async fn close_tells_everyone_and_ends_streams() {
         let (room, gauge) = room(10);
-        let mut member = room.join(gauge.enter()).expect("join");
+        let mut member = room.join_here(gauge.enter()).expect("join");
         let mut out = member.outbound();
         room.close();
         let mut lines = Vec::new();
@@ -917,7 +1046,7 @@ mod tests {
             ]
         );
         assert!(matches!(
-            room.join(gauge.enter()),
+            room.join_here(gauge.enter()),
             Err(StreamingError::ShuttingDown)
         ));
         // The reader task would see this and stop.
@@ -930,7 +1059,7 @@ mod tests {
     #[tokio::test]
     async fn dropped_outbound_is_observed() {
         let (room, gauge) = room(10);
-        let mut member = room.join(gauge.enter()).expect("join");
+        let mut member = room.join_here(gauge.enter()).expect("join");
         drop(member.outbound());
         tokio::time::timeout(std::time::Duration::from_secs(1), member.gone())
             .await

@@ -102,6 +102,9 @@ pub enum StreamingError {
     /// The server is stopping and takes no new streams.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The chat spans replicas through a bus (`--chat-bus`) that cannot be reached now.
+    #[error("the chat is unavailable: {0}")]
+    ChatBusUnavailable(String),
 }
 
 impl From<StreamingError> for Status {
@@ -124,7 +127,7 @@ impl From<StreamingError> for Status {
             E::DeclaredTooLarge { .. } | E::TooLarge { .. } | E::FellBehind { .. } => {
                 Status::resource_exhausted(error.to_string())
             }
-            E::ShuttingDown => Status::unavailable(error.to_string()),
+            E::ShuttingDown | E::ChatBusUnavailable(_) => Status::unavailable(error.to_string()),
             E::Inbound(status) => status,
             // Full disk, folder in the way, or internal; the OS's words stay in the log.
             E::Storage(cause) => grpc_suite::storage::storage_status(&cause),

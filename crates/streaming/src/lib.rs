@@ -5,7 +5,8 @@
 //! - [`upload`]: StreamUploadFile, written to disk as it arrives and put in place only when
 //!   complete and as declared.
 //! - [`chat`]: ChatStream's room: names, one order, history, `/who`, and a queue per
-//!   member bounded in messages and bytes.
+//!   member bounded in messages and bytes; [`chat::nats`]: the same room shared by every
+//!   replica through NATS JetStream (`--chat-bus`).
 //! - [`service`]: the gRPC handlers over those; [`error`](StreamingError): the statuses.
 //! - [`client`]: what `streaming_client` does, against any input and output.
 //!

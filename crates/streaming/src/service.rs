@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     Config, StreamingError,
     activity::Activity,
-    chat::{ChatRoom, Membership, Outbound, RoomLimits},
+    chat::{ChatRoom, Membership, Outbound, RoomLimits, nats::Bus},
     time, upload,
 };
 
@@ -30,20 +30,35 @@ pub struct StreamingService {
 }
 
 impl StreamingService {
-    /// A service storing uploads into `storage`, with `config`'s limits.
+    /// A service storing uploads into `storage`, with `config`'s limits; its chat room is
+    /// in this process.
     pub fn new(storage: StorageDir, config: &Config) -> Self {
+        let tasks = TaskTracker::new();
+        let room = ChatRoom::new(room_limits(config));
+        Self::with_room(storage, config, room, tasks)
+    }
+
+    /// [`StreamingService::new`] whose chat room is shared with every replica on `bus`
+    /// (see [`crate::chat::nats`]). Must be called inside a Tokio runtime.
+    pub fn with_chat_bus(storage: StorageDir, config: &Config, bus: Bus) -> Self {
+        let tasks = TaskTracker::new();
+        let room = ChatRoom::with_bus(room_limits(config), bus, &tasks);
+        Self::with_room(storage, config, room, tasks)
+    }
+
+    fn with_room(
+        storage: StorageDir,
+        config: &Config,
+        room: Arc<ChatRoom>,
+        tasks: TaskTracker,
+    ) -> Self {
         Self {
             storage,
             max_upload_size: config.max_upload_size,
-            room: ChatRoom::new(RoomLimits {
-                queue_capacity: config.chat_queue_capacity.get(),
-                max_backlog_bytes: config.chat_backlog_bytes,
-                max_message_bytes: config.max_chat_message_size,
-                history_length: config.chat_history,
-            }),
+            room,
             activity: Activity::default(),
             shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            tasks,
         }
     }
 
@@ -136,10 +151,19 @@ impl pb::streaming_service_server::StreamingService for StreamingService {
         request: Request<Streaming<pb::ChatMessage>>,
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
         let inbound = request.into_inner();
-        let mut member = self.room.join(self.activity.chat_members.enter())?;
+        let mut member = self.room.join(self.activity.chat_members.enter()).await?;
         let outbound = member.outbound();
         self.tasks.spawn(read_member(inbound, member));
         Ok(Response::new(outbound))
+    }
+}
+
+fn room_limits(config: &Config) -> RoomLimits {
+    RoomLimits {
+        queue_capacity: config.chat_queue_capacity.get(),
+        max_backlog_bytes: config.chat_backlog_bytes,
+        max_message_bytes: config.max_chat_message_size,
+        history_length: config.chat_history,
     }
 }
 

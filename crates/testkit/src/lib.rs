@@ -26,9 +26,11 @@ use tonic::transport::Channel;
 /// How long any single wait in a test may take before the test fails instead of hanging.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
+pub mod nats;
 mod postgres;
 mod process;
 
+pub use nats::NatsServer;
 pub use postgres::Postgres;
 pub use process::{Launch, Memory, ServerProcess};
 

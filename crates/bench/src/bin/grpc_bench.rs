@@ -76,6 +76,11 @@ struct RunArgs {
     /// lets the bare reference carry similar traffic.
     #[arg(long, env = "GRPC_BENCH_CHAT_ECHO_MESSAGES")]
     chat_echo_messages: Option<usize>,
+    /// Also run the chat fan-out with the room on a NATS bus (`streaming_server
+    /// --chat-bus`, needs nats-server): all members on one replica, then spread over
+    /// this many replicas (default 0: not run).
+    #[arg(long, env = "GRPC_BENCH_CHAT_REPLICAS")]
+    chat_replicas: Option<usize>,
     /// Sessions opened then closed to measure logouts/s.
     #[arg(long, env = "GRPC_BENCH_LOGOUT_SESSIONS")]
     logout_sessions: Option<usize>,
@@ -168,6 +173,7 @@ async fn measure(args: RunArgs) -> anyhow::Result<()> {
     settings.chat_echo_messages = args
         .chat_echo_messages
         .unwrap_or(settings.chat_echo_messages);
+    settings.chat_replicas = args.chat_replicas.unwrap_or(settings.chat_replicas);
     settings.logout_sessions = args.logout_sessions.unwrap_or(settings.logout_sessions);
     settings.flood_logins = args.flood_logins.unwrap_or(settings.flood_logins);
     settings.probe_calls = args.probe_calls.unwrap_or(settings.probe_calls);

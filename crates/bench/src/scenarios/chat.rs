@@ -16,6 +16,11 @@
 //!   to its sender), send one message and read its echo; the bare server's growth over N
 //!   is tonic's and hyper's own cost per connected client, the floor ours is compared with.
 //!
+//! - **Across replicas** (`--chat-replicas N`): the fan-out again with the room on a NATS
+//!   bus (`streaming_server --chat-bus`, a fresh `nats-server -js` each time), first with
+//!   every member on one replica, then with members spread round-robin over N replicas:
+//!   what the bus costs against the in-process room, and what spreading members buys.
+//!
 //! The join phase's clients each have their own HTTP/2 connection, or, with
 //! `chat_join_connections` = K > 0, share K connections round-robin (K = 1: every client
 //! is a stream on one connection), which separates the per-connection cost from the
@@ -58,7 +63,12 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         .set("messages", settings.chat_messages as f64);
 
     let server = Server::start(ServerKind::Streaming, &context.server_dir("fanout"), &[]).await?;
-    let fan_out = fan_out(&server.url(), settings.chat_clients, settings.chat_messages).await;
+    let fan_out = fan_out(
+        &[server.url()],
+        settings.chat_clients,
+        settings.chat_messages,
+    )
+    .await;
     let peak_fan_out = server.memory()?.peak_kib;
     server.stop();
     let mut fan_out = fan_out.context("fan-out phase")?;
@@ -70,6 +80,10 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
         .set("p50_ms", fan_out.latencies.quantile_us(0.50) / 1e3)
         .set("p99_ms", fan_out.latencies.quantile_us(0.99) / 1e3)
         .set("fanout_peak_rss_mib", mib(peak_fan_out));
+    if settings.chat_replicas > 0 {
+        let in_process = per_second(fan_out.deliveries, fan_out.elapsed);
+        bus_fan_outs(context, &mut measurement, in_process).await?;
+    }
 
     let layout = JoinLayout {
         count: settings.chat_joins,
@@ -153,10 +167,85 @@ pub(crate) async fn next_message(
         .context("reading the chat stream")
 }
 
-async fn fan_out(url: &str, clients: usize, messages: usize) -> anyhow::Result<FanOut> {
+/// The fan-out with the room on a NATS bus: every member on one replica, then spread
+/// round-robin over `chat_replicas`; deliveries/s and latency of each, and their ratios to
+/// each other and to the in-process room's `in_process` deliveries/s.
+async fn bus_fan_outs(
+    context: &Context<'_>,
+    measurement: &mut Measurement,
+    in_process: f64,
+) -> anyhow::Result<()> {
+    let settings = context.settings;
+    let mut rates = Vec::new();
+    for (label, replicas) in [("bus_one", 1), ("bus_spread", settings.chat_replicas)] {
+        // A fresh NATS each time: the second run must not replay the first one's room.
+        let nats = tokio::task::spawn_blocking(testkit::NatsServer::start)
+            .await
+            .context("the thread starting nats-server panicked")?
+            .context("--chat-replicas needs nats-server (apt-get install nats-server)")?;
+        let bus = ["--chat-bus".to_owned(), nats.url()];
+        let bus: Vec<&str> = bus.iter().map(String::as_str).collect();
+        let mut servers = Vec::with_capacity(replicas);
+        for index in 0..replicas {
+            let dir = context.server_dir(&format!("{label}-{index}"));
+            servers.push(Server::start(ServerKind::Streaming, &dir, &bus).await?);
+        }
+        let urls: Vec<String> = servers.iter().map(Server::url).collect();
+        let result = fan_out(&urls, settings.chat_clients, settings.chat_messages).await;
+        servers.into_iter().for_each(Server::stop);
+        drop(nats);
+        let mut result = result.with_context(|| format!("fan-out over {replicas} replica(s)"))?;
+        let rate = per_second(result.deliveries, result.elapsed);
+        measurement
+            .set(&format!("{label}_deliveries_per_s"), rate)
+            .set(
+                &format!("{label}_p50_ms"),
+                result.latencies.quantile_us(0.50) / 1e3,
+            )
+            .set(
+                &format!("{label}_p99_ms"),
+                result.latencies.quantile_us(0.99) / 1e3,
+            );
+        rates.push(rate);
+    }
+    measurement
+        .set("bus_replicas", settings.chat_replicas as f64)
+        .set(
+            "bus_one_ratio_to_in_process",
+            rates[0] / in_process.max(f64::MIN_POSITIVE),
+        )
+        .set(
+            "bus_spread_ratio_to_one",
+            rates[1] / rates[0].max(f64::MIN_POSITIVE),
+        );
+    Ok(())
+}
+
+/// Joins at `url`, retrying while the chat answers UNAVAILABLE (a replica on a bus accepts
+/// members once it reaches NATS), for at most [`CALL_TIMEOUT`].
+async fn join_when_ready(url: &str, queue: usize) -> anyhow::Result<Member> {
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    loop {
+        match join(connect(url).await?, queue).await {
+            Err(error)
+                if Instant::now() < deadline
+                    && error
+                        .downcast_ref::<tonic::Status>()
+                        .is_some_and(|status| status.code() == tonic::Code::Unavailable) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            joined => return joined,
+        }
+    }
+}
+
+/// K members, member i on `urls[i % len]`, each sending M messages; see the module doc.
+async fn fan_out(urls: &[String], clients: usize, messages: usize) -> anyhow::Result<FanOut> {
     let mut members = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        members.push(join(connect(url).await?, messages + 1).await?);
+    for index in 0..clients {
+        let url = &urls[index % urls.len().max(1)];
+        members.push(join_when_ready(url, messages + 1).await?);
     }
     let flow = Arc::new(Flow {
         window: Semaphore::new(WINDOW),

@@ -151,6 +151,9 @@ pub struct Settings {
     pub chat_join_connections: usize,
     /// Messages each join-phase client exchanges with the bare echo (1: one round trip).
     pub chat_echo_messages: usize,
+    /// With N > 0, the fan-out runs again with the room on a NATS bus (`--chat-bus`,
+    /// needs `nats-server`): on one replica, then spread over N; 0: not measured.
+    pub chat_replicas: usize,
     /// Logins in flight at once while measuring logins/s with the real argon2id cost.
     pub login_concurrency: usize,
     /// Sessions opened, then closed, to measure logouts/s.
@@ -197,6 +200,7 @@ impl Settings {
             chat_join_parallelism: 64,
             chat_join_connections: 0,
             chat_echo_messages: 1,
+            chat_replicas: 0,
             login_concurrency: 4,
             logout_sessions: 20_000,
             password_checks: 10,
@@ -229,6 +233,7 @@ impl Settings {
             chat_join_parallelism: 64,
             chat_join_connections: 0,
             chat_echo_messages: 1,
+            chat_replicas: 0,
             login_concurrency: 2,
             logout_sessions: 200,
             password_checks: 2,

@@ -42,6 +42,11 @@ struct Args {
     #[arg(long, env = "STREAMING_SERVICE_CHAT_HISTORY", value_name = "N",
           default_value_t = streaming_service::DEFAULT_CHAT_HISTORY)]
     chat_history: usize,
+    /// Share the chat room with every streaming_server on this NATS server (JetStream
+    /// enabled), e.g. nats://nats:4222: one room, one order, unique Client(N) across
+    /// replicas. Without it the room is in this process.
+    #[arg(long, env = "STREAMING_SERVICE_CHAT_BUS", value_name = "URL")]
+    chat_bus: Option<String>,
 }
 
 pub(crate) fn main() -> ExitCode {
@@ -61,6 +66,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let storage = streaming_service::open_storage(&config)
         .with_context(|| format!("opening the upload folder {}", config.upload_dir.display()))?;
+    // Before listening, so an unusable address stops the server before it says it started
+    // (an unreachable NATS does not: the bus keeps trying and the chat waits for it).
+    let bus = match &args.chat_bus {
+        None => None,
+        Some(url) => {
+            let bus = streaming_service::chat::nats::Bus::connect(url).await?;
+            tracing::info!(%url, replica = bus.replica(), "chat room shared through NATS");
+            Some(bus)
+        }
+    };
     let listener = args
         .server
         .bind_guarded("Streaming Service", &args.sessions)
@@ -71,7 +86,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         storage.absolute().display()
     );
     let shutdown = grpc_suite::server::shutdown_on_signals();
-    let service = streaming_service::StreamingService::new(storage, &config);
+    let service = match bus {
+        None => streaming_service::StreamingService::new(storage, &config),
+        Some(bus) => streaming_service::StreamingService::with_chat_bus(storage, &config, bus),
+    };
     streaming_service::serve(listener, service, shutdown).await
 }
 
