@@ -24,6 +24,7 @@ if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ]; then
 fi
 for volume in $(docker volume ls -q --filter "label=com.docker.stack.namespace=$STACK_NAME") $anonymous; do
   for _ in 1 2 3 4 5 6 7 8 9 10; do
+    docker volume inspect "$volume" >/dev/null 2>&1 || break # gone with its container
     docker volume rm "$volume" >/dev/null 2>&1 && break
     sleep 1
   done
