@@ -4,7 +4,8 @@
 # can be reached):
 #   - grpc-suite-postgres (docker/postgres): PostgreSQL, the logger's audit log and auth's
 #     sessions;
-#   - grpc-suite-nats (docker/nats): NATS, the chat bus joining the streaming replicas.
+#   - grpc-suite-nats (docker/nats): NATS with JetStream, the chat bus joining the streaming
+#     replicas.
 # An image that already exists is left alone (REBUILD=1 builds again).
 set -euo pipefail
 cd "$(dirname "$0")/.."

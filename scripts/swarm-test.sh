@@ -41,7 +41,8 @@ fi
 
 helpers=()
 cleanup() {
-  for name in "${helpers[@]}"; do docker rm -f "$name" >/dev/null 2>&1 || true; done
+  # -v: the helpers' anonymous volumes (the image declares its data folders) go too.
+  for name in "${helpers[@]}"; do docker rm -f -v "$name" >/dev/null 2>&1 || true; done
   jobs -p | xargs -r kill 2>/dev/null || true
   bash scripts/swarm-down.sh >/dev/null 2>&1 || true
   rm -rf "$work"
