@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-pub use deadpool_postgres::{Pool, PoolError};
+pub use deadpool_postgres::{GenericClient, Pool, PoolError};
 pub use tokio_postgres;
 
 /// How long opening one connection may take.

@@ -20,7 +20,7 @@ use std::{sync::Arc, time::Duration};
 
 use grpc_suite::{
     logger::logger_service_client::LoggerServiceClient,
-    postgres::{Pool, SchemaError, tokio_postgres},
+    postgres::{GenericClient, Pool, SchemaError, tokio_postgres},
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,26 @@ const POOL_SIZE: usize = 16;
 /// How often delivery looks for events other replicas recorded (its own commits wake it
 /// at once): a replica that died leaves its events to the others.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Queues `event` for delivery, in `client`'s transaction if it is one.
+async fn insert_event(
+    client: &impl GenericClient,
+    event: &AuditEvent,
+) -> Result<(), tokio_postgres::Error> {
+    let insert = client.prepare_cached(INSERT_EVENT).await?;
+    client
+        .execute(
+            &insert,
+            &[
+                &event.event_id,
+                &event.event_type,
+                &event.details,
+                &event.timestamp,
+            ],
+        )
+        .await?;
+    Ok(())
+}
 
 const INSERT_EVENT: &str =
     "INSERT INTO auth_outbox (event_id, event_type, details, timestamp) VALUES ($1, $2, $3, $4)";
@@ -110,18 +130,7 @@ impl SharedSessions {
     /// Records an event on its own (a refused or throttled login).
     pub async fn record(&self, event: &AuditEvent) -> Result<(), SharedError> {
         let client = self.pool.get().await?;
-        let insert = client.prepare_cached(INSERT_EVENT).await?;
-        client
-            .execute(
-                &insert,
-                &[
-                    &event.event_id,
-                    &event.event_type,
-                    &event.details,
-                    &event.timestamp,
-                ],
-            )
-            .await?;
+        insert_event(&client, event).await?;
         self.committed.notify_one();
         Ok(())
     }
@@ -143,18 +152,7 @@ impl SharedSessions {
                 &[&id.to_string(), &username, &expires_at],
             )
             .await?;
-        let insert = transaction.prepare_cached(INSERT_EVENT).await?;
-        transaction
-            .execute(
-                &insert,
-                &[
-                    &event.event_id,
-                    &event.event_type,
-                    &event.details,
-                    &event.timestamp,
-                ],
-            )
-            .await?;
+        insert_event(&transaction, &event).await?;
         transaction.commit().await?;
         self.committed.notify_one();
         Ok(())
@@ -203,18 +201,7 @@ impl SharedSessions {
         };
         let username: String = row.try_get(0)?;
         let event = event_for(&username);
-        let insert = transaction.prepare_cached(INSERT_EVENT).await?;
-        transaction
-            .execute(
-                &insert,
-                &[
-                    &event.event_id,
-                    &event.event_type,
-                    &event.details,
-                    &event.timestamp,
-                ],
-            )
-            .await?;
+        insert_event(&transaction, &event).await?;
         transaction.commit().await?;
         self.committed.notify_one();
         Ok(Some(username))
