@@ -17,10 +17,9 @@ export DATA_ROOT="$work/data"
 mkdir -p "$DATA_ROOT"/{uploaded_files,streamed_files,logs_data}
 compose() { docker-compose "$@"; }
 
-passed=0
-step() { echo "--- $*"; }
-ok() { passed=$((passed + 1)); echo "ok: $*"; }
-fail() { echo "FAILED: $*" >&2; echo "compose: $passed passed, 1 failed"; exit 1; }
+TEST_NAME=compose
+# shellcheck source=scripts/test-lib.sh
+source scripts/test-lib.sh
 
 cleanup() {
   compose logs --no-color --tail 30 >"$work/compose.log" 2>&1 || true
@@ -30,14 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Docker publishes the ports itself, so these are free ports picked by the OS a moment ago.
-read -r FILE_SERVICE_PORT RANDOM_SERVICE_PORT STREAMING_SERVICE_PORT AUTH_SERVICE_PORT LOGGER_SERVICE_PORT < <(
-  python3 -c 'import socket
-socks = [socket.socket() for _ in range(5)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])'
-)
-export FILE_SERVICE_PORT RANDOM_SERVICE_PORT STREAMING_SERVICE_PORT AUTH_SERVICE_PORT LOGGER_SERVICE_PORT
+pick_service_ports
 
 step "base images and host clients"
 bash scripts/docker-base-images.sh

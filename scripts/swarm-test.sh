@@ -21,10 +21,9 @@ mkdir -p "$SUITE_STATE_DIR" "$work/ctl"
 NET="${STACK_NAME}_suite"
 IMAGE=${SUITE_IMAGE:-grpc-suite:latest}
 
-passed=0
-step() { echo "--- $*"; }
-ok() { passed=$((passed + 1)); echo "ok: $*"; }
-fail() { echo "FAILED: $*" >&2; echo "swarm: $passed passed, 1 failed"; exit 1; }
+TEST_NAME=swarm
+# shellcheck source=scripts/test-lib.sh
+source scripts/test-lib.sh
 
 if ! docker info >/dev/null 2>&1; then
   echo "Skipping the Swarm test: no Docker engine answers 'docker info' here."
@@ -49,13 +48,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-read -r FILE_SERVICE_PORT RANDOM_SERVICE_PORT STREAMING_SERVICE_PORT AUTH_SERVICE_PORT LOGGER_SERVICE_PORT < <(
-  python3 -c 'import socket
-socks = [socket.socket() for _ in range(5)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(*[s.getsockname()[1] for s in socks])'
-)
-export FILE_SERVICE_PORT RANDOM_SERVICE_PORT STREAMING_SERVICE_PORT AUTH_SERVICE_PORT LOGGER_SERVICE_PORT
+pick_service_ports
 
 step "host clients, images, scripts/swarm-up.sh"
 cargo build --quiet --locked --workspace --bins
