@@ -152,7 +152,7 @@ impl SharedSessions {
                 &[&id.to_string(), &username, &expires_at],
             )
             .await?;
-        insert_event(&transaction, &event).await?;
+        insert_event(&transaction, event).await?;
         transaction.commit().await?;
         self.committed.notify_one();
         Ok(())
