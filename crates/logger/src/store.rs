@@ -435,14 +435,13 @@ impl SqliteStore {
         check_schema(&connection, path)?;
 
         let (committed, _) = broadcast::channel(BROADCAST_CAPACITY);
-        let stats = Arc::new(StoreStats::default());
-        let (echo, echo_finished) = if echo {
-            let (echo, finished) = Echo::start(Arc::clone(&stats))?;
-            (Some(echo), Some(finished))
-        } else {
-            (None, None)
-        };
-        let (committing_sender, committing) = watch::channel(true);
+        let WriterParts {
+            stats,
+            echo,
+            echo_finished,
+            committing_sender,
+            committing,
+        } = WriterParts::new(echo)?;
         let mut writer = Writer {
             connection,
             committed: committed.clone(),
@@ -450,13 +449,7 @@ impl SqliteStore {
             echo,
             committing: committing_sender,
         };
-        let writes = GroupCommit::spawn(
-            "log-writer",
-            QUEUE_CAPACITY,
-            MAX_BATCH,
-            move |batch: Vec<NewEntry>| writer.commit(batch),
-        )
-        .map_err(StoreError::Thread)?;
+        let writes = spawn_writer("log-writer", move |batch| writer.commit(batch))?;
         Ok(Self {
             path: path.to_path_buf(),
             writes,
@@ -722,6 +715,45 @@ fn committed_batch(
     if let Some(echo) = echo {
         echo.send();
     }
+}
+
+/// What each backend's writer thread starts with: the shared statistics, the `[LOG]`
+/// echo thread when asked for (and the signal that it has printed everything), and the
+/// `committing` health signal with its sender.
+struct WriterParts {
+    stats: Arc<StoreStats>,
+    echo: Option<Echo>,
+    echo_finished: Option<oneshot::Receiver<()>>,
+    committing_sender: watch::Sender<bool>,
+    committing: watch::Receiver<bool>,
+}
+
+impl WriterParts {
+    fn new(echo: bool) -> Result<Self, StoreError> {
+        let stats = Arc::new(StoreStats::default());
+        let (echo, echo_finished) = if echo {
+            let (echo, finished) = Echo::start(Arc::clone(&stats))?;
+            (Some(echo), Some(finished))
+        } else {
+            (None, None)
+        };
+        let (committing_sender, committing) = watch::channel(true);
+        Ok(Self {
+            stats,
+            echo,
+            echo_finished,
+            committing_sender,
+            committing,
+        })
+    }
+}
+
+/// Starts a backend's group-commit writer thread, committing each batch with `commit`.
+fn spawn_writer(
+    thread_name: &str,
+    commit: impl FnMut(Vec<NewEntry>) -> Result<Vec<Appended>, Arc<StoreError>> + Send + 'static,
+) -> Result<GroupCommit<NewEntry, Appended, Arc<StoreError>>, StoreError> {
+    GroupCommit::spawn(thread_name, QUEUE_CAPACITY, MAX_BATCH, commit).map_err(StoreError::Thread)
 }
 
 /// The writer's side of the `[LOG]` echo: collects a batch's lines and hands them to the

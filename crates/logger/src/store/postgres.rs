@@ -39,8 +39,8 @@ use tokio::sync::{Notify, broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Appended, BROADCAST_CAPACITY, Echo, LogRow, MAX_BATCH, NewEntry, QUEUE_CAPACITY, StoreError,
-    StoreStats, committed_batch, drain_echo,
+    Appended, BROADCAST_CAPACITY, Echo, LogRow, NewEntry, StoreError, StoreStats, WriterParts,
+    committed_batch, drain_echo, spawn_writer,
 };
 
 /// The idempotent schema: the contract's table and our side table, as on SQLite.
@@ -155,14 +155,13 @@ impl PgStore {
         drop(client);
 
         let (committed, _) = broadcast::channel(BROADCAST_CAPACITY);
-        let stats = Arc::new(StoreStats::default());
-        let (echo, echo_finished) = if echo {
-            let (echo, finished) = Echo::start(Arc::clone(&stats))?;
-            (Some(echo), Some(finished))
-        } else {
-            (None, None)
-        };
-        let (committing_sender, committing) = watch::channel(true);
+        let WriterParts {
+            stats,
+            echo,
+            echo_finished,
+            committing_sender,
+            committing,
+        } = WriterParts::new(echo)?;
         let mut writer = Writer {
             pool: pool.clone(),
             runtime: tokio::runtime::Handle::current(),
@@ -170,13 +169,7 @@ impl PgStore {
             echo,
             committing: committing_sender,
         };
-        let writes = GroupCommit::spawn(
-            "log-writer-pg",
-            QUEUE_CAPACITY,
-            MAX_BATCH,
-            move |batch: Vec<NewEntry>| writer.commit(batch),
-        )
-        .map_err(StoreError::Thread)?;
+        let writes = spawn_writer("log-writer-pg", move |batch| writer.commit(batch))?;
         let stop = CancellationToken::new();
         let tailer = Tailer {
             pool: pool.clone(),
