@@ -71,13 +71,8 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     let ours = fan_out(&[server.url()], clients, messages, Room::Ours).await;
     let peak_fan_out = server.memory()?.peak_kib;
     server.stop();
-    let mut ours = ours.context("fan-out phase")?;
-    let ours_rate = per_second(ours.deliveries, ours.elapsed);
-    measurement
-        .set("deliveries_per_s", ours_rate)
-        .set("p50_ms", ours.latencies.quantile_us(0.50) / 1e3)
-        .set("p99_ms", ours.latencies.quantile_us(0.99) / 1e3)
-        .set("fanout_peak_rss_mib", mib(peak_fan_out));
+    let ours_rate = ours.context("fan-out phase")?.record(&mut measurement, "");
+    measurement.set("fanout_peak_rss_mib", mib(peak_fan_out));
     if settings.chat_replicas > 0 {
         bus_fan_outs(context, &mut measurement, ours_rate).await?;
     }
@@ -90,13 +85,10 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     .await?;
     let bare = fan_out(&[server.url()], clients, messages, Room::BareBroadcast).await;
     server.stop();
-    let mut bare = bare.context("fan-out phase against the bare broadcast")?;
-    let bare_rate = per_second(bare.deliveries, bare.elapsed);
-    measurement
-        .set("bare_deliveries_per_s", bare_rate)
-        .set("bare_p50_ms", bare.latencies.quantile_us(0.50) / 1e3)
-        .set("bare_p99_ms", bare.latencies.quantile_us(0.99) / 1e3)
-        .set("fanout_ratio", ours_rate / bare_rate.max(f64::MIN_POSITIVE));
+    let bare_rate = bare
+        .context("fan-out phase against the bare broadcast")?
+        .record(&mut measurement, "bare_");
+    measurement.set("fanout_ratio", ours_rate / bare_rate.max(f64::MIN_POSITIVE));
 
     let layout = JoinLayout {
         count: settings.chat_joins,
@@ -137,6 +129,25 @@ struct FanOut {
     deliveries: u64,
     elapsed: Duration,
     latencies: Latencies,
+}
+
+impl FanOut {
+    /// Sets `<prefix>deliveries_per_s`, `<prefix>p50_ms` and `<prefix>p99_ms`; returns the
+    /// rate.
+    fn record(mut self, measurement: &mut Measurement, prefix: &str) -> f64 {
+        let rate = per_second(self.deliveries, self.elapsed);
+        measurement
+            .set(&format!("{prefix}deliveries_per_s"), rate)
+            .set(
+                &format!("{prefix}p50_ms"),
+                self.latencies.quantile_us(0.50) / 1e3,
+            )
+            .set(
+                &format!("{prefix}p99_ms"),
+                self.latencies.quantile_us(0.99) / 1e3,
+            );
+        rate
+    }
 }
 
 /// One connected chat member, as the bench holds it.
@@ -213,18 +224,9 @@ async fn bus_fan_outs(
         .await;
         servers.into_iter().for_each(Server::stop);
         drop(nats);
-        let mut result = result.with_context(|| format!("fan-out over {replicas} replica(s)"))?;
-        let rate = per_second(result.deliveries, result.elapsed);
-        measurement
-            .set(&format!("{label}_deliveries_per_s"), rate)
-            .set(
-                &format!("{label}_p50_ms"),
-                result.latencies.quantile_us(0.50) / 1e3,
-            )
-            .set(
-                &format!("{label}_p99_ms"),
-                result.latencies.quantile_us(0.99) / 1e3,
-            );
+        let rate = result
+            .with_context(|| format!("fan-out over {replicas} replica(s)"))?
+            .record(measurement, &format!("{label}_"));
         rates.push(rate);
     }
     measurement
