@@ -25,9 +25,12 @@ cleanup() {
   compose logs --no-color --tail 30 >"$work/compose.log" 2>&1 || true
   # --volumes: the TLS run's certificate volume belongs to this test project only.
   compose down --remove-orphans --volumes --timeout 15 >/dev/null 2>&1 || true
+  # The containers the restarts and the plaintext run's `down` removed left theirs.
+  remove_new_volumes
   rm -rf "$work"
 }
 trap cleanup EXIT
+remember_volumes
 
 pick_service_ports
 

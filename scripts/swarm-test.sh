@@ -44,15 +44,12 @@ cleanup() {
   for name in "${helpers[@]}"; do docker rm -f -v "$name" >/dev/null 2>&1 || true; done
   jobs -p | xargs -r kill 2>/dev/null || true
   bash scripts/swarm-down.sh >/dev/null 2>&1 || true
-  # Tasks that Swarm replaced (the killed replicas, the rolling update) took their
-  # containers with them but left their anonymous volumes: remove every volume made since
-  # this test started that nothing uses any more.
-  comm -13 "$work/volumes-before" <(docker volume ls -q --filter dangling=true | sort) \
-    | xargs -r docker volume rm >/dev/null 2>&1 || true
+  # The tasks Swarm replaced (the killed replicas, the rolling update) left theirs.
+  remove_new_volumes
   rm -rf "$work"
 }
 trap cleanup EXIT
-docker volume ls -q | sort >"$work/volumes-before"
+remember_volumes
 
 pick_service_ports
 

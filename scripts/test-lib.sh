@@ -17,3 +17,14 @@ print(*[s.getsockname()[1] for s in socks])'
   )
   export FILE_SERVICE_PORT RANDOM_SERVICE_PORT STREAMING_SERVICE_PORT AUTH_SERVICE_PORT LOGGER_SERVICE_PORT
 }
+
+# Containers that were replaced or removed during a test (a restart, Swarm's rolling update)
+# leave the anonymous volumes the image declares for its data folders. remember_volumes
+# notes the volumes there before the test; remove_new_volumes, at clean-up, removes every
+# volume made since that nothing uses any more.
+remember_volumes() { docker volume ls -q | sort >"$work/volumes-before"; }
+remove_new_volumes() {
+  [ -f "$work/volumes-before" ] || return 0
+  comm -13 "$work/volumes-before" <(docker volume ls -q --filter dangling=true | sort) \
+    | xargs -r docker volume rm >/dev/null 2>&1 || true
+}
