@@ -28,6 +28,7 @@ pub mod cli;
 pub mod codec;
 pub mod gauge;
 pub mod group_commit;
+pub mod log_writer;
 pub mod metrics;
 #[cfg(feature = "postgres")]
 pub mod postgres;
