@@ -216,7 +216,7 @@ fn answer(success: bool, message: &str, session_id: String) -> Response<pb::Auth
 #[tonic::async_trait]
 impl pb::auth_service_server::AuthService for AuthService {
     // skip_all: the password must never reach a log.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn login(
         &self,
         request: Request<pb::LoginRequest>,
@@ -266,7 +266,7 @@ impl pb::auth_service_server::AuthService for AuthService {
         Ok(answer(true, LOGIN_OK, session_id.to_string()))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn logout(
         &self,
         request: Request<pb::LogoutRequest>,
@@ -282,7 +282,7 @@ impl pb::auth_service_server::AuthService for AuthService {
         Ok(answer(true, LOGOUT_OK, session_id.to_string()))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn validate_session(
         &self,
         request: Request<pb::ValidateSessionRequest>,

@@ -36,7 +36,7 @@ fn local_time() -> String {
 
 #[tonic::async_trait]
 impl pb::file_service_server::FileService for FileService {
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn say_hello(
         &self,
         request: Request<pb::HelloRequest>,
@@ -47,7 +47,7 @@ impl pb::file_service_server::FileService for FileService {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn say_goodbye(
         &self,
         request: Request<pb::GoodbyeRequest>,
@@ -58,7 +58,7 @@ impl pb::file_service_server::FileService for FileService {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn get_server_time(
         &self,
         _request: Request<pb::Empty>,
@@ -70,7 +70,7 @@ impl pb::file_service_server::FileService for FileService {
 
     // Fields are skipped: the content must never reach a log, and the name is logged
     // only once it has been checked.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn write_file(
         &self,
         request: Request<pb::FileRequest>,
@@ -109,7 +109,7 @@ impl pb::file_service_server::FileService for FileService {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn get_files_list(
         &self,
         _request: Request<pb::Empty>,

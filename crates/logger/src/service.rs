@@ -86,7 +86,7 @@ fn to_entry(row: LogRow) -> Result<pb::LogEntry, LoggerError> {
 #[tonic::async_trait]
 impl pb::logger_service_server::LoggerService for LoggerService {
     // Fields are skipped: details may carry user data; the type is logged once checked.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn log_activity(
         &self,
         request: Request<pb::LogRequest>,
@@ -101,7 +101,7 @@ impl pb::logger_service_server::LoggerService for LoggerService {
         Ok(Response::new(pb::LogResponse { logged: true }))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn query_logs(
         &self,
         request: Request<pb::LogQueryRequest>,
@@ -123,7 +123,7 @@ impl pb::logger_service_server::LoggerService for LoggerService {
 
     /// Sends the newest `backlog` rows oldest first (so the whole stream reads in commit
     /// order, like `tail -f`), then each row as it is committed.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn follow_logs(
         &self,
         request: Request<pb::LogFollowRequest>,

@@ -128,7 +128,7 @@ fn timestamp() -> String {
 impl pb::random_number_service_server::RandomNumberService for RandomService {
     type GetRandomNumbersStream = ReceiverStream<Result<pb::RandomNumberResponse, Status>>;
 
-    #[tracing::instrument(skip_all, fields(min, max, count, delay))]
+    #[tracing::instrument(level = "debug", skip_all, fields(min, max, count, delay))]
     async fn get_random_numbers(
         &self,
         request: Request<pb::RandomNumberRequest>,

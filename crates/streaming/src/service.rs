@@ -109,7 +109,7 @@ impl pb::streaming_service_server::StreamingService for StreamingService {
     type StreamServerTimeStream = time::TimeStream;
     type ChatStreamStream = Outbound;
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn stream_server_time(
         &self,
         _request: Request<pb::Empty>,
@@ -124,7 +124,7 @@ impl pb::streaming_service_server::StreamingService for StreamingService {
     }
 
     // Fields are skipped: chunk data must never reach a log.
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn stream_upload_file(
         &self,
         request: Request<Streaming<pb::FileChunk>>,
@@ -146,7 +146,7 @@ impl pb::streaming_service_server::StreamingService for StreamingService {
         }))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn chat_stream(
         &self,
         request: Request<Streaming<pb::ChatMessage>>,
