@@ -46,7 +46,7 @@ struct MethodMetrics {
 /// cannot grow the label sets without bound.
 #[derive(Debug, Clone)]
 pub(crate) struct CallMetricsLayer {
-    methods: Arc<HashMap<String, MethodMetrics>>,
+    methods: Arc<HashMap<String, Arc<MethodMetrics>>>,
 }
 
 impl CallMetricsLayer {
@@ -64,13 +64,13 @@ impl CallMetricsLayer {
                 .collect();
             methods.insert(
                 format!("/{service}/{method}"),
-                MethodMetrics {
+                Arc::new(MethodMetrics {
                     started: GRPC_STARTED.with_label_values(&labels),
                     received: GRPC_MSG_RECEIVED.with_label_values(&labels),
                     sent: GRPC_MSG_SENT.with_label_values(&labels),
                     handling: GRPC_HANDLING_SECONDS.with_label_values(&labels),
                     handled,
-                },
+                }),
             );
         };
         for set in descriptor_sets {
@@ -126,7 +126,7 @@ impl<S> tower::Layer<S> for CallMetricsLayer {
 #[derive(Debug, Clone)]
 pub(crate) struct CallMetrics<S> {
     inner: S,
-    methods: Arc<HashMap<String, MethodMetrics>>,
+    methods: Arc<HashMap<String, Arc<MethodMetrics>>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -152,17 +152,12 @@ where
         // next (tower's rule for services called from a boxed future).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let methods = Arc::clone(&self.methods);
-        if !methods.contains_key(request.uri().path()) {
+        // One lookup per call; the method's metrics then travel with it.
+        let Some(method) = self.methods.get(request.uri().path()).cloned() else {
             return Box::pin(inner.call(request));
-        }
+        };
         Box::pin(async move {
-            let path = request.uri().path().to_owned();
-            let Some(method) = methods.get(&path) else {
-                return inner.call(request).await;
-            };
             method.started.inc();
-            let sent = method.sent.clone();
             let started = Instant::now();
             let request = request.map(|body| {
                 Body::new(CountedBody {
@@ -173,11 +168,8 @@ where
                 })
             });
             let response = inner.call(request).await?;
-            let mut call = FinishedCall {
-                methods: Arc::clone(&methods),
-                path,
-                started,
-            };
+            let sent = method.sent.clone();
+            let mut call = FinishedCall { method, started };
             // A trailers-only response (the call failed before any message) carries its
             // status in the headers; the body then holds nothing.
             let call = match header_code(response.headers()) {
@@ -209,22 +201,19 @@ fn header_code(headers: &http::HeaderMap) -> Option<Code> {
 /// A call whose end is still to be recorded.
 #[derive(Debug)]
 struct FinishedCall {
-    methods: Arc<HashMap<String, MethodMetrics>>,
-    path: String,
+    method: Arc<MethodMetrics>,
     started: Instant,
 }
 
 impl FinishedCall {
     fn finish(&mut self, code: Code) {
-        if let Some(method) = self.methods.get(&self.path) {
-            let index = usize::try_from(i32::from(code)).unwrap_or(2);
-            if let Some(counter) = method.handled.get(index) {
-                counter.inc();
-            }
-            method
-                .handling
-                .observe(self.started.elapsed().as_secs_f64());
+        let index = usize::try_from(i32::from(code)).unwrap_or(2);
+        if let Some(counter) = self.method.handled.get(index) {
+            counter.inc();
         }
+        self.method
+            .handling
+            .observe(self.started.elapsed().as_secs_f64());
     }
 }
 
