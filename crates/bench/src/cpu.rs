@@ -46,6 +46,41 @@ fn parse_stat(text: &str) -> Option<ProcessStat> {
     })
 }
 
+/// The CPU time a process spends during a closed loop's timed window (after its warm-up),
+/// sampled on the side so the loop itself is untouched: what each call costs that process,
+/// which the machine's other load disturbs far less than the rate.
+pub struct CpuWindow {
+    sampled: tokio::task::JoinHandle<anyhow::Result<Duration>>,
+}
+
+impl CpuWindow {
+    /// Starts sampling process `pid` (`None`: this process) from `warmup` from now, for
+    /// `duration`: call it right before starting a closed loop with the same two settings.
+    pub fn start(pid: Option<u32>, warmup: Duration, duration: Duration) -> Self {
+        let from = tokio::time::Instant::now() + warmup;
+        let sampled = tokio::spawn(async move {
+            tokio::time::sleep_until(from).await;
+            let before = ProcessStat::of(pid)?.cpu;
+            tokio::time::sleep_until(from + duration).await;
+            let after = ProcessStat::of(pid)?.cpu;
+            Ok(after.saturating_sub(before))
+        });
+        Self { sampled }
+    }
+
+    /// The CPU time spent in the window (waits for its end).
+    pub async fn finish(self) -> anyhow::Result<Duration> {
+        self.sampled
+            .await
+            .context("the CPU sampling task panicked")?
+    }
+}
+
+/// Microseconds of `cpu` per call, for `calls` calls.
+pub fn micros_per_call(cpu: Duration, calls: u64) -> f64 {
+    cpu.as_secs_f64() * 1e6 / (calls as f64).max(1.0)
+}
+
 /// CPU seconds per GiB: `cpu` spent moving `bytes`.
 pub fn seconds_per_gib(cpu: Duration, bytes: u64) -> f64 {
     cpu.as_secs_f64() / (bytes as f64 / f64::from(1u32 << 30)).max(f64::MIN_POSITIVE)

@@ -194,6 +194,11 @@ impl Server {
         self.process.memory()
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Its CPU time (user + system) so far.
     pub fn cpu(&self) -> anyhow::Result<Duration> {
         Ok(crate::cpu::ProcessStat::of(Some(self.process.pid()))?.cpu)

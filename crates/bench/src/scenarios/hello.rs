@@ -10,6 +10,7 @@ use pb::file_service_client::FileServiceClient;
 
 use super::{Context, add_server_figures, closed_loop, tls::Transport};
 use crate::{
+    cpu::{CpuWindow, micros_per_call},
     report::Measurement,
     servers::{Server, ServerKind},
     stats::per_second,
@@ -67,8 +68,10 @@ pub async fn measure(
 }
 
 /// Drives SayHello through `clients` in a closed loop at the run's concurrency, records
-/// `<label>_rps`, `<label>_p50_us`, `<label>_p99_us` and `server`'s figures, and returns the
-/// rate. Shared by every scenario that compares SayHello on two servers.
+/// `<label>_rps`, `<label>_p50_us`, `<label>_p99_us`, the CPU each call cost the server and
+/// this load generator in microseconds (`<label>_server_cpu_us`, `<label>_client_cpu_us`)
+/// and `server`'s figures, and returns the rate. Shared by every scenario that compares
+/// SayHello on two servers.
 pub(super) async fn say_hello_load(
     context: &Context<'_>,
     clients: &[FileServiceClient<Connection>],
@@ -77,6 +80,8 @@ pub(super) async fn say_hello_load(
     server: &Server,
 ) -> anyhow::Result<f64> {
     let settings = context.settings;
+    let server_cpu = CpuWindow::start(Some(server.pid()), settings.warmup, settings.duration);
+    let client_cpu = CpuWindow::start(None, settings.warmup, settings.duration);
     let mut outcome = closed_loop(
         clients,
         settings.concurrency,
@@ -109,6 +114,15 @@ pub(super) async fn say_hello_load(
         .set(
             &format!("{prefix}p99_us"),
             outcome.latencies.quantile_us(0.99),
+        );
+    measurement
+        .set(
+            &format!("{prefix}server_cpu_us"),
+            micros_per_call(server_cpu.finish().await?, outcome.calls),
+        )
+        .set(
+            &format!("{prefix}client_cpu_us"),
+            micros_per_call(client_cpu.finish().await?, outcome.calls),
         );
     add_server_figures(measurement, &prefix, server)?;
     Ok(rate)

@@ -10,7 +10,10 @@
 //! - `bare_rps`: SayHello on the bare tonic server at the same concurrency and
 //!   connections: what gRPC allows for a unary call on these cores.
 //!
-//! `ratio` is ours / the lower of the two.
+//! `ratio` is ours / the lower of the two. Both ceilings are the two cores busy with one
+//! kind of work each; a logger call does both kinds, so `combined_ceiling_per_s` (see
+//! [`combined_ceiling`]) is the rate their costs added up allow, and `combined_ratio` ours
+//! against it.
 //!
 //! The same load then runs against a second logger storing in PostgreSQL (a throwaway
 //! server from Debian's `postgresql` package, with its default durability: every commit
@@ -30,6 +33,7 @@ use super::{
     Context, LoopOutcome, add_server_figures, closed_loop, connect_many, hello::say_hello_load,
 };
 use crate::{
+    cpu::{CpuWindow, micros_per_call},
     report::Measurement,
     servers::{Server, ServerKind},
     stats::per_second,
@@ -53,10 +57,11 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     measurement.set("sqlite_acks_per_s", sqlite);
 
     let server = Server::start(ServerKind::Logger, &context.server_dir("logger"), &[]).await?;
-    let mut outcome = load(context, &server).await?;
+    let (mut outcome, server_cpu) = load(context, &server).await?;
     let ours = per_second(outcome.calls, outcome.elapsed);
     measurement
         .set("acks_per_s", ours)
+        .set("server_cpu_us", micros_per_call(server_cpu, outcome.calls))
         .set("p50_ms", outcome.latencies.quantile_us(0.50) / 1e3)
         .set("p99_ms", outcome.latencies.quantile_us(0.99) / 1e3);
     add_server_figures(&mut measurement, "", &server)?;
@@ -75,12 +80,16 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
                 &["--db", &url],
             )
             .await?;
-            let mut outcome = load(context, &server).await?;
+            let (mut outcome, server_cpu) = load(context, &server).await?;
             let pg_acks_per_s = per_second(outcome.calls, outcome.elapsed);
             measurement
                 .set("pg_acks_per_s", pg_acks_per_s)
                 .set("pg_p50_ms", outcome.latencies.quantile_us(0.50) / 1e3)
                 .set("pg_p99_ms", outcome.latencies.quantile_us(0.99) / 1e3)
+                .set(
+                    "pg_server_cpu_us",
+                    micros_per_call(server_cpu, outcome.calls),
+                )
                 .set("pg_vs_sqlite", pg_acks_per_s / ours.max(f64::MIN_POSITIVE));
             server.stop();
             tokio::task::spawn_blocking(move || drop(postgres))
@@ -101,19 +110,39 @@ pub async fn run(context: &Context<'_>) -> anyhow::Result<Measurement> {
     bare.stop();
 
     let ceiling = sqlite.min(bare_rate);
+    let combined = combined_ceiling(sqlite, bare_rate);
     measurement
         .set("ceiling_per_s", ceiling)
-        .set("ratio", ours / ceiling.max(f64::MIN_POSITIVE));
+        .set("ratio", ours / ceiling.max(f64::MIN_POSITIVE))
+        .set("combined_ceiling_per_s", combined)
+        .set("combined_ratio", ours / combined.max(f64::MIN_POSITIVE));
     Ok(measurement)
 }
 
-/// The closed loop of LogActivity calls against `server`.
-async fn load(context: &Context<'_>, server: &Server) -> anyhow::Result<LoopOutcome> {
+/// The rate a server doing both kinds of work per call could reach on the same cores: each
+/// ceiling is what the two cores do when busy with only its own work (a durable row, or a
+/// gRPC round trip), so one call doing both costs the sum of their times,
+/// `1 / (1/sqlite + 1/bare)`. Below the lower of the two unless the other is infinite: with
+/// the two ceilings equal it is half of either.
+fn combined_ceiling(sqlite: f64, bare: f64) -> f64 {
+    if sqlite <= 0.0 || bare <= 0.0 {
+        return 0.0;
+    }
+    1.0 / (1.0 / sqlite + 1.0 / bare)
+}
+
+/// The closed loop of LogActivity calls against `server`, and the server's CPU time in
+/// its timed window.
+async fn load(
+    context: &Context<'_>,
+    server: &Server,
+) -> anyhow::Result<(LoopOutcome, std::time::Duration)> {
     let settings = context.settings;
     let channels = connect_many(&server.url(), settings.connections).await?;
     let clients: Vec<LoggerServiceClient<Channel>> =
         channels.into_iter().map(LoggerServiceClient::new).collect();
-    closed_loop(
+    let server_cpu = CpuWindow::start(Some(server.pid()), settings.warmup, settings.duration);
+    let outcome = closed_loop(
         &clients,
         settings.concurrency,
         settings.warmup,
@@ -132,7 +161,8 @@ async fn load(context: &Context<'_>, server: &Server) -> anyhow::Result<LoopOutc
             Ok(())
         },
     )
-    .await
+    .await?;
+    Ok((outcome, server_cpu.finish().await?))
 }
 
 /// Durable appends per second through the logger's store, with as many writers as the
@@ -166,4 +196,20 @@ async fn sqlite_ceiling(context: &Context<'_>) -> anyhow::Result<f64> {
     store.close(std::time::Duration::from_secs(10)).await;
     let outcome = outcome?;
     Ok(per_second(outcome.calls, outcome.elapsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Equal ceilings allow half of either; a far higher one barely lowers the other; a
+    /// missing one gives no ceiling at all rather than a division by zero.
+    #[test]
+    fn combined_ceiling_adds_the_costs() {
+        assert!((combined_ceiling(100.0, 100.0) - 50.0).abs() < 1e-9);
+        assert!((combined_ceiling(70_000.0, 130_000.0) - 45_500.0).abs() < 1.0);
+        let far = combined_ceiling(1e12, 70_000.0);
+        assert!(far < 70_000.0 && far > 69_999.0, "{far}");
+        assert_eq!(combined_ceiling(0.0, 70_000.0), 0.0);
+    }
 }
