@@ -56,7 +56,7 @@ pub struct LogGuard {
 /// what is waiting when dropped: keep it until the end of `main`. If the thread cannot be
 /// started, lines go straight to stderr.
 pub fn init_server_tracing(default_filter: &str, format: LogFormat) -> LogGuard {
-    let (writer, guard) = match crate::log_writer::spawn("log-output", io::stderr()) {
+    let (writer, guard) = match crate::log_writer::spawn("log-output", io::stderr(), "stderr") {
         Ok(started) => started,
         Err(error) => {
             install_subscriber(default_filter, format, io::stderr);

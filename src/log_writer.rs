@@ -41,6 +41,8 @@ const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 /// What the callers and the writer thread share.
 #[derive(Debug, Default)]
 struct Shared {
+    /// What the output is, for the warning about dropped lines (`stderr`, `stdout`).
+    output_name: &'static str,
     state: Mutex<State>,
     /// Signalled when the buffer stops being empty, and when the guard is dropped.
     wake: Condvar,
@@ -81,23 +83,32 @@ pub struct LogWriterGuard {
     finished: mpsc::Receiver<()>,
 }
 
-/// Starts a thread named `thread_name` writing batches of lines to `output`.
-pub fn spawn<W>(thread_name: &str, output: W) -> io::Result<(LogWriter, LogWriterGuard)>
+/// Starts a thread named `thread_name` writing batches of lines to `output`, which the
+/// warning about dropped lines calls `output_name`.
+pub fn spawn<W>(
+    thread_name: &str,
+    output: W,
+    output_name: &'static str,
+) -> io::Result<(LogWriter, LogWriterGuard)>
 where
     W: Write + Send + 'static,
 {
-    spawn_with_limit(thread_name, output, MAX_PENDING)
+    spawn_with_limit(thread_name, output, output_name, MAX_PENDING)
 }
 
 fn spawn_with_limit<W>(
     thread_name: &str,
     mut output: W,
+    output_name: &'static str,
     max_pending: usize,
 ) -> io::Result<(LogWriter, LogWriterGuard)>
 where
     W: Write + Send + 'static,
 {
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        output_name,
+        ..Shared::default()
+    });
     let (finished_sender, finished) = mpsc::channel();
     let thread_shared = Arc::clone(&shared);
     thread::Builder::new()
@@ -145,7 +156,8 @@ fn write_batches(shared: &Shared, output: &mut impl Write) {
             // written with the next batch.
             tracing::warn!(
                 dropped,
-                "log lines dropped: stderr was not taking them fast enough"
+                "log lines dropped: {} was not taking them fast enough",
+                shared.output_name
             );
         }
         if stopping && shared.lock().pending.is_empty() {
@@ -162,21 +174,43 @@ impl Drop for LogWriterGuard {
     }
 }
 
-impl Write for LogWriter {
-    /// Queues `line` (the subscriber writes each formatted line with one call), or drops it
-    /// when [`MAX_PENDING`] bytes are already waiting. Never blocks on the output.
-    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+impl LogWriter {
+    /// Queues `text` (whole lines) to be written, or, when it does not fit in what may be
+    /// waiting, drops all of it and returns false (uncounted: the caller says what it
+    /// dropped). Never blocks on the output.
+    pub fn append(&self, text: &[u8]) -> bool {
         let mut state = self.shared.lock();
-        if state.pending.len() + line.len() > self.max_pending {
-            state.dropped += 1;
-            return Ok(line.len());
+        if state.pending.len() + text.len() > self.max_pending {
+            return false;
         }
         let was_empty = state.pending.is_empty();
-        state.pending.extend_from_slice(line);
+        state.pending.extend_from_slice(text);
         drop(state);
-        // Only the first line of a batch wakes the thread; the rest find it awake.
+        // Only the first text of a batch wakes the thread; the rest find it awake.
         if was_empty {
             self.shared.wake.notify_one();
+        }
+        true
+    }
+
+    /// Bytes waiting to be written: how far the output is behind.
+    pub fn pending_bytes(&self) -> usize {
+        self.shared.lock().pending.len()
+    }
+
+    /// The most bytes that may wait.
+    pub fn max_pending(&self) -> usize {
+        self.max_pending
+    }
+}
+
+impl Write for LogWriter {
+    /// Queues `line` (the subscriber writes each formatted line with one call), or drops it
+    /// when [`MAX_PENDING`] bytes are already waiting, to be counted in a warning once the
+    /// output takes lines again. Never blocks on the output.
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        if !self.append(line) {
+            self.shared.lock().dropped += 1;
         }
         Ok(line.len())
     }
@@ -234,7 +268,8 @@ mod tests {
     #[test]
     fn writes_every_line_in_order_in_batches() {
         let output = Captured::default();
-        let (writer, guard) = spawn("test-log-writer", output.clone()).expect("spawn");
+        let (writer, guard) =
+            spawn("test-log-writer", output.clone(), "test output").expect("spawn");
         for n in 0..1000 {
             writer
                 .clone()
@@ -253,7 +288,8 @@ mod tests {
     #[test]
     fn a_lone_line_is_written_promptly() {
         let output = Captured::default();
-        let (mut writer, _guard) = spawn("test-log-writer", output.clone()).expect("spawn");
+        let (mut writer, _guard) =
+            spawn("test-log-writer", output.clone(), "test output").expect("spawn");
         writer.write_all(b"alone\n").expect("write");
         let started = Instant::now();
         while output.text().is_empty() {
@@ -273,7 +309,8 @@ mod tests {
         let output = Captured::default();
         let held = output.gate.lock().expect("gate");
         let (writer, guard) =
-            spawn_with_limit("test-log-writer", output.clone(), 1024).expect("spawn");
+            spawn_with_limit("test-log-writer", output.clone(), "test output", 1024)
+                .expect("spawn");
         let mut line = [b'x'; 100];
         line[99] = b'\n';
         let started = Instant::now();

@@ -9,21 +9,20 @@
 //! is answered before the commit returns, so every `logged=true` is on disk. Committed rows
 //! are then published on a broadcast channel for followers and handed to the echo thread.
 //!
-//! The `[LOG] <event_type>: <details>` echo has its own thread, fed without waiting: a
-//! stdout nobody reads (a paused pager, a stuck container log driver) fills its pipe and
-//! blocks whoever writes to it, and that must never be the writer, or logging would stop.
-//! When the echo falls behind, lines are dropped and counted instead ([`StoreStats`]).
+//! The `[LOG] <event_type>: <details>` echo has its own thread, fed without waiting
+//! ([`grpc_suite::log_writer`], as the servers' log lines): a stdout nobody reads (a paused
+//! pager, a stuck container log driver) fills its pipe and blocks whoever writes to it, and
+//! that must never be the writer, or logging would stop. When the echo falls 1 MiB behind,
+//! lines are dropped and counted instead ([`StoreStats`]).
 //!
 //! Reads open read-only connections (kept in a small pool) and run on tokio's blocking
 //! pool; WAL mode lets them proceed while the writer commits.
 
 use std::{
-    io::Write as _,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        mpsc as std_mpsc,
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -32,9 +31,12 @@ mod postgres;
 
 pub(crate) use postgres::newest as newest_postgres;
 
-use grpc_suite::group_commit::{GroupCommit, SubmitError};
+use grpc_suite::{
+    group_commit::{GroupCommit, SubmitError},
+    log_writer::{LogWriter, LogWriterGuard},
+};
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 
 /// The timestamp format of the contract's `logs.timestamp` column.
 pub use grpc_suite::wire_time::LOG_TIMESTAMP as TIMESTAMP_FORMAT;
@@ -59,19 +61,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read-only connections kept open for reuse; more may exist for a moment under load.
 const READ_POOL_SIZE: usize = 8;
-
-/// Echo text waiting for stdout, in bytes: the real bound on the echo's memory (one row's
-/// details may be 64 KiB). A terminal or a log driver that keeps up never gets near it;
-/// one that stops reading costs at most this much before lines are dropped.
-const ECHO_BUFFER_BYTES: usize = 1024 * 1024;
-
-/// Echo messages (one per committed batch) waiting for stdout. The byte budget is the
-/// bound that matters; this only caps the channel's own bookkeeping.
-const ECHO_QUEUE: usize = 256;
-
-/// How long [`Store::close`] lets the echo thread print the last rows' lines. Short: a
-/// stdout nobody reads would never drain, and shutdown must not wait on it.
-const ECHO_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The contract's table, exactly (the old tools read and write it), plus what we add
 /// beside it. Every statement is idempotent, so opening an old system's file adds only the
@@ -385,10 +374,9 @@ pub struct SqliteStore {
     /// Whether the last commit succeeded: false while the disk refuses (full, read-only),
     /// so health can say the logger cannot store what it is sent.
     committing: watch::Receiver<bool>,
-    /// Resolves (with an error: the sender is dropped) when the echo thread has printed
-    /// everything and exited, which follows the writer's exit. Taken by [`Store::close`];
-    /// `None` without echo.
-    echo_finished: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
+    /// The echo thread's guard: dropped by [`Store::close`] after the writer's exit, which
+    /// lets the thread print the last lines (briefly) and stop. `None` without echo.
+    echo_finished: Arc<Mutex<Option<LogWriterGuard>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -543,16 +531,13 @@ impl SqliteStore {
     }
 }
 
-/// After the writer's exit (which closed the echo's channel): lets the echo thread print
-/// the last rows' lines, briefly, as a stdout nobody reads would never drain.
-async fn drain_echo(echo_finished: &Mutex<Option<oneshot::Receiver<()>>>) {
-    let echo_finished = echo_finished.lock().ok().and_then(|mut slot| slot.take());
-    if let Some(finished) = echo_finished
-        && tokio::time::timeout(ECHO_DRAIN_TIMEOUT, finished)
-            .await
-            .is_err()
-    {
-        tracing::warn!("stdout did not take the last [LOG] lines in time");
+/// After the writer's exit (so every committed row's line is queued): lets the echo thread
+/// print the last lines and stop. Dropping its guard waits up to a second, as a stdout
+/// nobody reads would never take them: on a blocking thread, not a runtime worker.
+async fn drain_echo(echo_finished: &Mutex<Option<LogWriterGuard>>) {
+    let guard = echo_finished.lock().ok().and_then(|mut slot| slot.take());
+    if let Some(guard) = guard {
+        let _ = tokio::task::spawn_blocking(move || drop(guard)).await;
     }
 }
 
@@ -723,7 +708,7 @@ fn committed_batch(
 struct WriterParts {
     stats: Arc<StoreStats>,
     echo: Option<Echo>,
-    echo_finished: Option<oneshot::Receiver<()>>,
+    echo_finished: Option<LogWriterGuard>,
     committing_sender: watch::Sender<bool>,
     committing: watch::Receiver<bool>,
 }
@@ -757,13 +742,10 @@ fn spawn_writer(
 }
 
 /// The writer's side of the `[LOG]` echo: collects a batch's lines and hands them to the
-/// echo thread without ever waiting, dropping (and counting) what does not fit.
+/// echo thread in one piece without ever waiting, dropping (and counting) what does not fit.
 struct Echo {
-    lines: std_mpsc::SyncSender<String>,
-    /// Bytes handed over and not yet written. Only the writer adds and only the echo thread
-    /// subtracts, so checking then adding cannot overshoot [`ECHO_BUFFER_BYTES`].
-    queued_bytes: Arc<AtomicUsize>,
-    /// This batch's lines, not yet handed over; their bytes are already in `queued_bytes`.
+    output: LogWriter,
+    /// This batch's lines, not yet handed over.
     pending: String,
     pending_lines: u64,
     stats: Arc<StoreStats>,
@@ -773,78 +755,56 @@ struct Echo {
 }
 
 impl Echo {
-    /// Starts the echo thread. The receiver resolves once the thread has printed what it
-    /// was given and exited (after every sender is gone).
-    fn start(stats: Arc<StoreStats>) -> Result<(Self, oneshot::Receiver<()>), StoreError> {
-        let (lines, receiver) = std_mpsc::sync_channel::<String>(ECHO_QUEUE);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
-        let (finished, echo_finished) = oneshot::channel::<()>();
-        let written = Arc::clone(&queued_bytes);
-        std::thread::Builder::new()
-            .name("log-echo".to_owned())
-            .spawn(move || {
-                // Dropped when the loop ends (also on a panic): tells close() we are done.
-                let _finished = finished;
-                for text in receiver {
-                    // A closed or full stdout must not stop the system of record: write
-                    // errors are ignored, and a blocked write holds up only this thread.
-                    let mut stdout = std::io::stdout().lock();
-                    let _ = stdout.write_all(text.as_bytes());
-                    let _ = stdout.flush();
-                    written.fetch_sub(text.len(), Ordering::Relaxed);
-                }
-            })
-            .map_err(StoreError::Thread)?;
+    /// Starts the echo thread, writing to stdout; the guard stops it.
+    fn start(stats: Arc<StoreStats>) -> Result<(Self, LogWriterGuard), StoreError> {
+        let (output, guard) =
+            grpc_suite::log_writer::spawn("log-echo", std::io::stdout(), "stdout")
+                .map_err(StoreError::Thread)?;
         let echo = Self {
-            lines,
-            queued_bytes,
+            output,
             pending: String::new(),
             pending_lines: 0,
             stats,
             dropping: 0,
         };
-        Ok((echo, echo_finished))
+        Ok((echo, guard))
     }
 
-    /// Adds `entry`'s line to this batch's text, if the byte budget has room for it.
+    /// Adds `entry`'s line to this batch's text.
     fn add(&mut self, entry: &NewEntry) {
-        let line = format!("[LOG] {}: {}\n", entry.event_type, entry.details);
-        if self.queued_bytes.load(Ordering::Relaxed) + line.len() > ECHO_BUFFER_BYTES {
-            self.dropped(1);
-            return;
-        }
-        self.queued_bytes.fetch_add(line.len(), Ordering::Relaxed);
-        self.pending.push_str(&line);
+        use std::fmt::Write as _;
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            self.pending,
+            "[LOG] {}: {}",
+            entry.event_type, entry.details
+        );
         self.pending_lines += 1;
     }
 
-    /// Hands this batch's lines to the echo thread, or drops them if its queue is full.
+    /// Hands this batch's lines to the echo thread, or drops them if stdout is too far
+    /// behind to queue them.
     fn send(&mut self) {
         if self.pending.is_empty() {
             return;
         }
-        let text = std::mem::take(&mut self.pending);
         let lines = std::mem::take(&mut self.pending_lines);
-        let bytes = text.len();
-        match self.lines.try_send(text) {
+        let queued = self.output.append(self.pending.as_bytes());
+        self.pending.clear();
+        // A batch with a huge row leaves a huge buffer behind; keep a modest one.
+        self.pending.shrink_to(64 * 1024);
+        if !queued {
+            self.dropped(lines);
+        } else if self.dropping > 0
             // Resumed only once half the budget is free again: a stdout that barely keeps
             // up would otherwise flip between the two states, a log line each time.
-            Ok(()) => {
-                if self.dropping > 0
-                    && self.queued_bytes.load(Ordering::Relaxed) <= ECHO_BUFFER_BYTES / 2
-                {
-                    tracing::info!(
-                        dropped = self.dropping,
-                        "stdout caught up; [LOG] echo resumed"
-                    );
-                    self.dropping = 0;
-                }
-            }
-            Err(_) => {
-                // Full, or the thread is gone: either way these bytes will not be written.
-                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                self.dropped(lines);
-            }
+            && self.output.pending_bytes() <= self.output.max_pending() / 2
+        {
+            tracing::info!(
+                dropped = self.dropping,
+                "stdout caught up; [LOG] echo resumed"
+            );
+            self.dropping = 0;
         }
     }
 
@@ -852,7 +812,7 @@ impl Echo {
     fn dropped(&mut self, lines: u64) {
         if self.dropping == 0 {
             tracing::warn!(
-                buffered_bytes = ECHO_BUFFER_BYTES,
+                buffered_bytes = self.output.max_pending(),
                 "stdout is not keeping up; dropping [LOG] echo lines until it does (rows are still stored)"
             );
         }

@@ -30,12 +30,13 @@ use std::{
 
 use grpc_suite::{
     group_commit::{GroupCommit, SubmitError},
+    log_writer::LogWriterGuard,
     postgres::{
         Pool, SchemaError,
         tokio_postgres::{self, AsyncMessage, IsolationLevel, NoTls, Row},
     },
 };
-use tokio::sync::{Notify, broadcast, oneshot, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -110,8 +111,8 @@ pub(super) struct PgStore {
     stop: CancellationToken,
     /// The tailer's task, awaited by [`close`](Self::close).
     tailer: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
-    /// As on SQLite: resolves when the echo thread has printed everything.
-    echo_finished: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
+    /// As on SQLite: the echo thread's guard, dropped by close.
+    echo_finished: Arc<Mutex<Option<LogWriterGuard>>>,
 }
 
 impl std::fmt::Debug for PgStore {
