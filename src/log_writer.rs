@@ -179,14 +179,23 @@ impl LogWriter {
     /// waiting, drops all of it and returns false (uncounted: the caller says what it
     /// dropped). Never blocks on the output.
     pub fn append(&self, text: &[u8]) -> bool {
+        self.queue(text, false)
+    }
+
+    /// Queues `text`, or drops it (counted for the warning when `count_drop`), under one
+    /// lock; wakes the thread for the first text of a batch only.
+    fn queue(&self, text: &[u8], count_drop: bool) -> bool {
         let mut state = self.shared.lock();
         if state.pending.len() + text.len() > self.max_pending {
+            if count_drop {
+                state.dropped += 1;
+            }
             return false;
         }
         let was_empty = state.pending.is_empty();
         state.pending.extend_from_slice(text);
         drop(state);
-        // Only the first text of a batch wakes the thread; the rest find it awake.
+        // The rest of a batch finds the thread awake.
         if was_empty {
             self.shared.wake.notify_one();
         }
@@ -204,14 +213,15 @@ impl LogWriter {
     }
 }
 
-impl Write for LogWriter {
+/// What the subscriber writes each line through: a borrow, so a line costs no reference
+/// count traffic on the shared state (two atomic operations on one cache line that every
+/// thread logging at once would contend for).
+impl Write for &LogWriter {
     /// Queues `line` (the subscriber writes each formatted line with one call), or drops it
     /// when [`MAX_PENDING`] bytes are already waiting, to be counted in a warning once the
     /// output takes lines again. Never blocks on the output.
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        if !self.append(line) {
-            self.shared.lock().dropped += 1;
-        }
+        self.queue(line, true);
         Ok(line.len())
     }
 
@@ -220,11 +230,21 @@ impl Write for LogWriter {
     }
 }
 
+impl Write for LogWriter {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        (&*self).write(line)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl<'writer> tracing_subscriber::fmt::MakeWriter<'writer> for LogWriter {
-    type Writer = LogWriter;
+    type Writer = &'writer LogWriter;
 
     fn make_writer(&'writer self) -> Self::Writer {
-        self.clone()
+        self
     }
 }
 
